@@ -1,0 +1,39 @@
+# The two commands of a new user: `make demo` and `make test`.
+# Both set up everything they need (virtualenv, this package, the pinned opencode), idempotently.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OPENCODE_VERSION := $(shell sed -n 's/^OPENCODE_VERSION = "\(.*\)"/\1/p' src/opencode_wrapper/_binary.py)
+OPENCODE_PREFIX := .opencode/$(OPENCODE_VERSION)
+OPENCODE := $(OPENCODE_PREFIX)/node_modules/.bin/opencode
+export OPENCODE_BINARY := $(abspath $(OPENCODE))
+
+.PHONY: setup demo test lint typecheck unit e2e clean
+
+setup: $(VENV)/.installed $(OPENCODE)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+$(OPENCODE): $(VENV)/.installed
+	$(BIN)/python -m opencode_wrapper install-opencode --version $(OPENCODE_VERSION) --prefix $(OPENCODE_PREFIX)
+
+demo: setup
+	$(BIN)/python examples/demo.py
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+test: setup lint typecheck
+	$(BIN)/python -m pytest -n 2 -q
+
+clean:
+	rm -rf $(VENV) .opencode .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,82 @@
+"""Drive the OpenCode coding agent from Python: runs, typed events, sessions, many agents.
+
+Everything public is importable from here; the ``_``-prefixed modules are private.
+"""
+
+from opencode_wrapper._binary import OPENCODE_VERSION, install_opencode
+from opencode_wrapper.client import AsyncOpenCodeClient, build_argv, build_env, resolve_binary
+from opencode_wrapper.config import (
+    RunConfig,
+    split_model,
+    validate_config_for_run,
+    validate_permission_actions,
+)
+from opencode_wrapper.errors import (
+    OpenCodeBinaryNotFoundError,
+    OpenCodeCancelledError,
+    OpenCodeConfigError,
+    OpenCodeError,
+    OpenCodeProcessError,
+    OpenCodeServerError,
+    OpenCodeTimeoutError,
+)
+from opencode_wrapper.events import (
+    DiagnosticEvent,
+    ErrorEvent,
+    Event,
+    EventError,
+    Part,
+    PermissionRejection,
+    ReasoningEvent,
+    RunError,
+    RunResult,
+    StepFinishEvent,
+    StepStartEvent,
+    TextEvent,
+    TokenUsage,
+    ToolState,
+    ToolUseEvent,
+    aggregate_run_result,
+    parse_event_line,
+    run_result_fuzzy_text,
+)
+
+__version__ = "0.4.0"
+
+__all__ = [
+    "OPENCODE_VERSION",
+    "AsyncOpenCodeClient",
+    "DiagnosticEvent",
+    "ErrorEvent",
+    "Event",
+    "EventError",
+    "OpenCodeBinaryNotFoundError",
+    "OpenCodeCancelledError",
+    "OpenCodeConfigError",
+    "OpenCodeError",
+    "OpenCodeProcessError",
+    "OpenCodeServerError",
+    "OpenCodeTimeoutError",
+    "Part",
+    "PermissionRejection",
+    "ReasoningEvent",
+    "RunConfig",
+    "RunError",
+    "RunResult",
+    "StepFinishEvent",
+    "StepStartEvent",
+    "TextEvent",
+    "TokenUsage",
+    "ToolState",
+    "ToolUseEvent",
+    "aggregate_run_result",
+    "build_argv",
+    "build_env",
+    "install_opencode",
+    "parse_event_line",
+    "resolve_binary",
+    "run_result_fuzzy_text",
+    "split_model",
+    "validate_config_for_run",
+    "validate_permission_actions",
+]

@@ -1,0 +1,168 @@
+"""Owning a process tree: spawn opencode under the reaper, read its output, end all of it.
+
+Every opencode process this package starts goes through :class:`OwnedProcess`, which puts the
+supervisor from ``_reaper.py`` between us and opencode. Ending an ``OwnedProcess`` ends
+opencode *and* every process it started, even the ones that left its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+
+_REAPER = str(Path(__file__).with_name("_reaper.py"))
+_READ_CHUNK = 1 << 16
+
+
+class OwnedProcess:
+    """One opencode process (and its descendants) owned by the caller.
+
+    Use :meth:`start`, read :attr:`stdout`/:attr:`stderr`, then always :meth:`end` or
+    :meth:`wait`; :meth:`end` is safe to call at any time, any number of times.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, watch_fd: int) -> None:
+        self._proc = proc
+        self._watch_fd: int | None = watch_fd
+
+    @classmethod
+    async def start(
+        cls,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        stdin_data: bytes | None,
+    ) -> OwnedProcess:
+        """Spawn ``argv`` under the reaper.
+
+        ``stdin_data`` is written to opencode's stdin and the pipe closed (``None``: stdin is
+        /dev/null). opencode reads stdin to EOF, so it must never see an open, idle pipe.
+        """
+        watch_r, watch_w = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",
+                "-S",
+                _REAPER,
+                str(watch_r),
+                "--",
+                *argv,
+                cwd=cwd,
+                env=dict(env),
+                stdin=asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(watch_r,),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(watch_w)
+            raise
+        finally:
+            os.close(watch_r)
+        owned = cls(proc, watch_w)
+        if stdin_data is not None:
+            owned._feed_task = asyncio.ensure_future(owned._feed(stdin_data))
+        return owned
+
+    _feed_task: asyncio.Future[None] | None = None
+
+    async def _feed(self, data: bytes) -> None:
+        stdin = self._proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # opencode exited before reading its prompt; its exit status says why
+        finally:
+            stdin.close()
+
+    @property
+    def pid(self) -> int:
+        """PID of the supervisor (opencode is its only direct child)."""
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """opencode's exit status once ended (negative: killed by that signal)."""
+        return self._proc.returncode
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        assert self._proc.stdout is not None
+        return self._proc.stdout
+
+    @property
+    def stderr(self) -> asyncio.StreamReader:
+        assert self._proc.stderr is not None
+        return self._proc.stderr
+
+    async def wait(self) -> int:
+        """Wait until opencode and everything it started are gone; return the exit status."""
+        try:
+            return await self._proc.wait()
+        finally:
+            self._release()
+
+    async def end(self, grace_s: float = 5.0) -> int:
+        """End the whole tree now (SIGTERM to the supervisor, SIGKILL after ``grace_s``)."""
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._proc.wait()), grace_s)
+            except asyncio.TimeoutError:
+                # The supervisor itself is stuck: kill its process group as a last resort.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+        code = await asyncio.shield(self._proc.wait())
+        self._release()
+        return code
+
+    def _release(self) -> None:
+        if self._feed_task is not None and not self._feed_task.done():
+            self._feed_task.cancel()
+        if self._watch_fd is not None:
+            os.close(self._watch_fd)
+            self._watch_fd = None
+
+
+async def iter_lines(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """Yield lines (without the newline) of any length until EOF; a final partial line too."""
+    pending = bytearray()
+    while True:
+        chunk = await reader.read(_READ_CHUNK)
+        if not chunk:
+            break
+        start = 0
+        while True:
+            newline = chunk.find(b"\n", start)
+            if newline == -1:
+                pending += chunk[start:]
+                break
+            if pending:
+                pending += chunk[start:newline]
+                yield bytes(pending)
+                pending.clear()
+            else:
+                yield chunk[start:newline]
+            start = newline + 1
+    if pending:
+        yield bytes(pending)
+
+
+async def drain_text(reader: asyncio.StreamReader, sink: list[str]) -> None:
+    """Read ``reader`` to EOF, appending decoded chunks to ``sink``."""
+    while True:
+        chunk = await reader.read(_READ_CHUNK)
+        if not chunk:
+            return
+        sink.append(chunk.decode("utf-8", errors="replace"))

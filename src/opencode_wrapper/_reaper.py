@@ -1,0 +1,156 @@
+"""A tiny supervisor that owns one opencode process and everything it starts.
+
+Run as a script (``python -I -S _reaper.py WATCH_FD -- argv...``), never imported by user code.
+
+Why it exists: opencode starts its bash-tool commands in their own session, so killing
+opencode, or even its process group, leaves them running. This supervisor makes itself a
+*child subreaper* (Linux ``PR_SET_CHILD_SUBREAPER``): every process orphaned below it is
+re-parented to it instead of to init, so it can find and end all of them. It ends the whole
+tree when opencode exits, when it gets SIGTERM/SIGINT/SIGHUP, and when its owner dies
+(the owner holds the write end of the pipe ``WATCH_FD``; EOF means the owner is gone).
+
+It exits with opencode's exit status, or dies by the same signal that ended opencode, so the
+owner sees what opencode itself did. Standard library only: it must start in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import sys
+
+_PR_SET_CHILD_SUBREAPER = 36
+_END_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _become_subreaper() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the process-group kill below is the best we can do
+
+
+def _descendants(root: int) -> list[int]:
+    """All live descendants of ``root``, read from /proc (empty where /proc is missing)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # Fields after the command name (which may contain spaces and parentheses).
+        after = stat[stat.rfind(b")") + 2 :].split()
+        if len(after) > 1 and after[0] != b"Z":
+            children.setdefault(int(after[1]), []).append(int(entry))
+    found: list[int] = []
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _reap_zombies() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _end_tree(child: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child, its process group and every descendant, until none is left."""
+    me = os.getpid()
+    for _ in range(200):
+        targets = _descendants(me)
+        if child.poll() is None:
+            targets.append(child.pid)
+        if not targets:
+            return
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        child.poll()
+        _reap_zombies()
+        select.select([], [], [], 0.005)
+
+
+def main(argv: list[str]) -> int:
+    watch_fd = int(argv[0])
+    command = argv[2:] if argv[1:2] == ["--"] else argv[1:]
+    _become_subreaper()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    received: list[int] = []
+    for sig in _END_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select via the wakeup fd
+    child = subprocess.Popen(command, close_fds=True)
+    watching = [watch_fd, wake_r]
+    while not received and child.poll() is None:
+        readable, _, _ = select.select(watching, [], [], 1.0)
+        if wake_r in readable:
+            os.read(wake_r, 512)
+        if watch_fd in readable and not os.read(watch_fd, 512):
+            received.append(signal.SIGTERM)  # the owner is gone
+        _reap_zombies_except(child)
+    _end_tree(child)
+    code = child.wait()
+    if received:
+        return _die_by(received[0])
+    return code if code >= 0 else _die_by(-code)
+
+
+def _reap_zombies_except(child: subprocess.Popen[bytes]) -> None:
+    """Reap orphans re-parented to us while opencode still runs, leaving opencode to Popen."""
+    for pid in _descendants_zombies():
+        if pid != child.pid:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def _descendants_zombies() -> list[int]:
+    me = str(os.getpid()).encode()
+    zombies: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return zombies
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        after = stat[stat.rfind(b")") + 2 :].split()
+        if len(after) > 1 and after[0] == b"Z" and after[1] == me:
+            zombies.append(int(entry))
+    return zombies
+
+
+def _die_by(signum: int) -> int:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return 128 + signum
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,386 @@
+"""Run mode: ``opencode run --format json`` as an async subprocess, one process per run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
+from typing import Any, TypeVar
+
+from opencode_wrapper._binary import check_version, resolve_binary
+from opencode_wrapper._environment import build_env, prepare_environment
+from opencode_wrapper._eventlog import EventLog
+from opencode_wrapper._process import OwnedProcess, drain_text, iter_lines
+from opencode_wrapper._validation import (
+    check_non_negative,
+    check_prompt,
+    check_timeout,
+    check_type_names,
+    check_workspace,
+)
+from opencode_wrapper.config import RunConfig, validate_config_for_run
+from opencode_wrapper.errors import (
+    OpenCodeCancelledError,
+    OpenCodeConfigError,
+    OpenCodeProcessError,
+    OpenCodeTimeoutError,
+)
+from opencode_wrapper.events import (
+    Event,
+    RunError,
+    RunResult,
+    StepStartEvent,
+    aggregate_run_result,
+    parse_event_line,
+)
+
+__all__ = ["AsyncOpenCodeClient", "build_argv", "build_env", "resolve_binary"]
+
+_T = TypeVar("_T")
+
+# Substrings of opencode's stderr when it crashed while opening its SQLite database.
+_SQLITE_STARTUP_PATTERNS = (
+    "database is locked",
+    "sqlite_busy",
+    "sqliteerror",
+    "journal_mode",
+    "disk i/o error",
+)
+# Signals that mean "somebody stopped this run" rather than "it crashed".
+_CANCEL_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def build_argv(
+    binary_resolved: str,
+    prompt: str,
+    run_cfg: RunConfig,
+    *,
+    prompt_in_argv: bool = False,
+) -> list[str]:
+    """The ``opencode run`` command line for ``run_cfg``.
+
+    The prompt is *not* put on the command line by default: opencode wraps arguments that
+    contain spaces in literal quotes, so the client sends the prompt on stdin, byte for byte.
+    ``prompt_in_argv=True`` appends it as the last argument, as the seed did.
+
+    ``cli_kwargs`` expand to ``--flag`` (``True``), ``--flag=value`` (long), ``-k value``
+    (single-char), one per element for a list, nothing for ``False``/``None``.
+    """
+    cmd = [binary_resolved, "run", "--format", "json"]
+    if run_cfg.model:
+        cmd += ["-m", run_cfg.model]
+    if run_cfg.agent:
+        cmd += ["--agent", run_cfg.agent]
+    for key, value in (run_cfg.cli_kwargs or {}).items():
+        flag = f"-{key}" if len(key) == 1 else f"--{key}"
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is True:
+                cmd.append(flag)
+            elif item is False or item is None:
+                continue
+            elif len(key) == 1:
+                cmd += [flag, str(item)]
+            else:
+                cmd.append(f"{flag}={item}")
+    if prompt_in_argv and prompt:
+        cmd.append(prompt)
+    return cmd
+
+
+async def _finish(awaitable: Awaitable[_T]) -> _T:
+    """Await cleanup to its end even if the caller is cancelled meanwhile; then re-raise that."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+class _Recorder:
+    """What one attempt produced so far, kept outside the task so a timeout can report it."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.raw_lines: list[str] = []
+        self.stderr: list[str] = []
+        self.exit_code: int | None = None
+
+    def result(self) -> RunResult:
+        return aggregate_run_result(
+            events=list(self.events),
+            raw_stdout_lines=self.raw_lines,
+            exit_code=self.exit_code,
+            stderr="".join(self.stderr),
+        )
+
+    @property
+    def model_was_called(self) -> bool:
+        return any(isinstance(ev, StepStartEvent) for ev in self.events)
+
+
+class AsyncOpenCodeClient:
+    """Runs ``opencode run --format json`` for each call; safe to use from many tasks at once.
+
+    Args:
+        binary: the ``opencode`` executable (path or name); ``"opencode"`` means "find it":
+            ``OPENCODE_BINARY``, then ``PATH``, then the per-user install.
+        startup_concurrency: how many opencode processes may start at the same moment.
+        startup_delay_s: how long each start holds its slot (spaces out SQLite initialisation).
+        isolate_db: give each run a private data dir (its own SQLite DB), removed afterwards.
+    """
+
+    def __init__(
+        self,
+        binary: str | os.PathLike[str] = "opencode",
+        startup_concurrency: int = 1,
+        startup_delay_s: float = 0.3,
+        isolate_db: bool = True,
+    ) -> None:
+        if (
+            isinstance(startup_concurrency, bool)
+            or not isinstance(startup_concurrency, int)
+            or startup_concurrency < 1
+        ):
+            raise OpenCodeConfigError(
+                f"startup_concurrency must be an integer >= 1, got {startup_concurrency!r}"
+            )
+        check_non_negative(startup_delay_s, "startup_delay_s")
+        self.binary = os.fspath(binary)
+        self._resolved_binary: str | None = None
+        self._startup_sem = asyncio.Semaphore(startup_concurrency)
+        self._startup_delay_s = float(startup_delay_s)
+        self._isolate_db = bool(isolate_db)
+
+    def __repr__(self) -> str:
+        return f"AsyncOpenCodeClient(binary={self.binary!r}, isolate_db={self._isolate_db})"
+
+    def resolved_binary(self) -> str:
+        """The absolute path of the opencode binary (resolved and version-checked once)."""
+        if self._resolved_binary is None:
+            path = resolve_binary(self.binary)
+            check_version(path)
+            self._resolved_binary = path
+        return self._resolved_binary
+
+    # ------------------------------------------------------------------ public API
+
+    async def async_stream(
+        self,
+        prompt: str,
+        workspace: str | os.PathLike[str],
+        *,
+        run_cfg: RunConfig | None = None,
+        timeout_s: float | None = None,
+        data_home: str | os.PathLike[str] | None = None,
+    ) -> AsyncIterator[Event]:
+        """Yield typed events as opencode emits them.
+
+        After the last event, raises :class:`OpenCodeProcessError` if opencode exited non-zero,
+        :class:`OpenCodeTimeoutError` if ``timeout_s`` passed (the process tree is ended first).
+        Leaving the loop early ends the run; ``contextlib.aclosing`` makes that immediate.
+        """
+        cfg, cwd, timeout = self._check(prompt, workspace, run_cfg, timeout_s)
+        recorder = _Recorder()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        stream = self._attempt(prompt, cwd, cfg, recorder, data_home)
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - loop.time()
+                try:
+                    if remaining is not None and remaining <= 0:
+                        raise asyncio.TimeoutError
+                    event = await asyncio.wait_for(stream.__anext__(), remaining)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    await stream.aclose()
+                    raise self._timeout_error(recorder, timeout) from None
+                yield event
+        finally:
+            await _finish(stream.aclose())
+        self._raise_for_exit(recorder)
+
+    async def async_run(
+        self,
+        prompt: str,
+        workspace: str | os.PathLike[str],
+        *,
+        run_cfg: RunConfig | None = None,
+        timeout_s: float | None = None,
+        log_file: str | os.PathLike[str] | None = None,
+        log_exclude_types: Iterable[str] | None = None,
+        max_retries: int = 2,
+        retry_delay_s: float = 1.0,
+        data_home: str | os.PathLike[str] | None = None,
+    ) -> RunResult:
+        """Run one prompt to completion and return its :class:`RunResult`.
+
+        ``result.ok`` / ``result.error`` say whether it succeeded; opencode exiting 0 after
+        auto-rejecting a permission is *not* success (``error.kind == "permission_rejected"``).
+
+        Args:
+            prompt: the message, sent to the model byte for byte (any text).
+            workspace: an existing directory; opencode's tools work there.
+            run_cfg: model, agent, permissions, tools...
+            timeout_s: end the run (and every process it started) after this many seconds and
+                raise :class:`OpenCodeTimeoutError` carrying the partial result.
+            log_file: append each event as a JSON line as it arrives (file mode 0600).
+            log_exclude_types: event types to keep out of ``log_file`` (still in the result).
+            max_retries: extra attempts after an SQLite start-up crash; only when the model was
+                never called, so a prompt is never sent twice.
+            retry_delay_s: pause between attempts.
+            data_home: use this ``XDG_DATA_HOME`` (shared history) instead of a private one.
+
+        Raises:
+            OpenCodeConfigError: bad arguments (before anything is started).
+            OpenCodeProcessError: opencode exited non-zero; ``.result`` says why.
+            OpenCodeTimeoutError: the timeout passed; ``.result`` holds what was done.
+            OpenCodeCancelledError: opencode was stopped by a signal from outside.
+        """
+        cfg, cwd, timeout = self._check(prompt, workspace, run_cfg, timeout_s)
+        exclude = check_type_names(log_exclude_types, "log_exclude_types")
+        check_non_negative(max_retries, "max_retries", integer=True)
+        check_non_negative(retry_delay_s, "retry_delay_s")
+        log = EventLog(log_file, exclude) if log_file is not None else None
+        recorder = _Recorder()
+
+        async def attempts() -> RunResult:
+            nonlocal recorder
+            for attempt in range(max_retries + 1):
+                recorder = _Recorder()
+                async for event in self._attempt(prompt, cwd, cfg, recorder, data_home):
+                    if log is not None:
+                        log.write(event)
+                retry = (
+                    attempt < max_retries
+                    and recorder.exit_code != 0
+                    and not recorder.model_was_called
+                    and _is_sqlite_startup_error("".join(recorder.stderr))
+                )
+                if not retry:
+                    break
+                await asyncio.sleep(retry_delay_s)
+            self._raise_for_exit(recorder)
+            return recorder.result()
+
+        try:
+            if timeout is None:
+                return await attempts()
+            try:
+                return await asyncio.wait_for(attempts(), timeout)
+            except asyncio.TimeoutError:
+                raise self._timeout_error(recorder, timeout) from None
+        finally:
+            if log is not None:
+                log.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _check(
+        self,
+        prompt: object,
+        workspace: object,
+        run_cfg: RunConfig | None,
+        timeout_s: object,
+    ) -> tuple[RunConfig, str, float | None]:
+        check_prompt(prompt)
+        cwd = check_workspace(workspace)
+        timeout = check_timeout(timeout_s)
+        cfg = RunConfig() if run_cfg is None else run_cfg
+        validate_config_for_run(cfg)
+        self.resolved_binary()
+        return cfg, cwd, timeout
+
+    async def _attempt(
+        self,
+        prompt: str,
+        cwd: str,
+        cfg: RunConfig,
+        recorder: _Recorder,
+        data_home: str | os.PathLike[str] | None,
+    ) -> AsyncGenerator[Event, None]:
+        """One ``opencode run``: start it, yield its events, and always end its whole tree."""
+        argv = build_argv(self.resolved_binary(), prompt, cfg)
+        prepared = prepare_environment(cfg, cwd=cwd, private_data=self._isolate_db, data_home=data_home)
+        proc: OwnedProcess | None = None
+        stderr_task: asyncio.Task[None] | None = None
+        try:
+            async with self._startup_sem:
+                proc = await OwnedProcess.start(argv, cwd=cwd, env=prepared.env, stdin_data=prompt.encode())
+                stderr_task = asyncio.ensure_future(drain_text(proc.stderr, recorder.stderr))
+                if self._startup_delay_s > 0:
+                    await asyncio.sleep(self._startup_delay_s)
+            async for line in iter_lines(proc.stdout):
+                text = line.decode("utf-8", errors="replace")
+                event = parse_event_line(text)
+                recorder.raw_lines.append(text)
+                recorder.events.append(event)
+                yield event
+            recorder.exit_code = await proc.wait()
+            await stderr_task
+        finally:
+            await _finish(self._cleanup(proc, stderr_task, prepared.cleanup, recorder))
+
+    @staticmethod
+    async def _cleanup(
+        proc: OwnedProcess | None,
+        stderr_task: asyncio.Task[None] | None,
+        remove_dirs: Any,
+        recorder: _Recorder,
+    ) -> None:
+        if proc is not None:
+            code = await proc.end()
+            if recorder.exit_code is None:
+                recorder.exit_code = code
+        if stderr_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(stderr_task, 5)
+        remove_dirs()
+
+    @staticmethod
+    def _timeout_error(recorder: _Recorder, timeout: float | None) -> OpenCodeTimeoutError:
+        result = recorder.result()
+        result.error = RunError(
+            kind="timeout", message=f"no result within timeout_s={timeout!r}; opencode was ended"
+        )
+        return OpenCodeTimeoutError(
+            f"OpenCode run exceeded timeout_s={timeout!r}; opencode and its processes were ended",
+            timeout_s=timeout,
+            result=result,
+        )
+
+    @staticmethod
+    def _raise_for_exit(recorder: _Recorder) -> None:
+        code = recorder.exit_code
+        if code == 0:
+            return
+        result = recorder.result()
+        stderr = "".join(recorder.stderr)
+        if code is not None and code < 0 and -code in _CANCEL_SIGNALS:
+            result.error = RunError(kind="cancelled", message=f"opencode was stopped by signal {-code}")
+            raise OpenCodeCancelledError(
+                f"opencode was stopped by signal {signal.Signals(-code).name} from outside", result=result
+            )
+        raise OpenCodeProcessError(
+            exit_code=code,
+            stderr=stderr,
+            events=result.events,
+            raw_stdout_lines=result.raw_stdout_lines,
+            result=result,
+        )
+
+
+def _is_sqlite_startup_error(stderr: str) -> bool:
+    lower = stderr.lower()
+    return any(pattern in lower for pattern in _SQLITE_STARTUP_PATTERNS)

@@ -1,0 +1,291 @@
+"""``RunConfig``: what a run or session is configured with, and its validation.
+
+Everything here is pure (no process, no I/O), so bad input is reported before anything is
+spawned. How a config becomes an environment for opencode lives in ``_environment``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from opencode_wrapper.errors import OpenCodeConfigError
+
+PermissionAction = str  # "allow" | "ask" | "deny"
+PermissionMap = dict[str, Any]
+
+#: Keys kept from the user's global opencode config when ``inherit_user_config=False``.
+PRESERVE_KEYS: frozenset[str] = frozenset({"$schema", "provider", "disabled_providers", "enabled_providers"})
+
+#: ``opencode run`` flags the client sets itself; passing them in ``cli_kwargs`` would break parsing.
+RESERVED_CLI_FLAGS: frozenset[str] = frozenset({"format", "m", "model", "agent", "attach", "port"})
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        existing = out.get(key)
+        if isinstance(value, Mapping) and isinstance(existing, Mapping):
+            out[key] = _deep_merge(existing, value)
+        elif isinstance(value, Mapping):
+            out[key] = _deep_merge({}, value)
+        else:
+            out[key] = value
+    return out
+
+
+def sanitize_user_config_json(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep only the provider-selection keys (``PRESERVE_KEYS``) of a user's global config."""
+    return {k: v for k, v in raw.items() if k in PRESERVE_KEYS}
+
+
+@dataclass
+class RunConfig:
+    """Settings for one run, one session, or one batch task.
+
+    ``model``/``agent``/``tools`` can change per turn in a session; ``permission``, ``mcp``,
+    ``instructions`` and ``config_overrides`` are server-global (they become
+    ``OPENCODE_CONFIG_CONTENT``). ``cli_kwargs`` are extra ``opencode run`` flags (run mode only).
+
+    Attributes:
+        agent: opencode agent name (``build``, ``plan``, ``explore``, ``general`` or your own).
+        model: ``"provider/model"``; ``None`` uses the configured default.
+        disable_autoupdate: set ``OPENCODE_DISABLE_AUTOUPDATE=1``.
+        inherit_user_config: ``False`` (default) gives opencode a sanitized copy of the user's
+            global config that keeps only provider keys; ``True`` passes it through unchanged.
+        extra_env: extra environment variables for opencode (values must be strings).
+        permission: permission map, e.g. ``{"bash": "allow", "edit": {"*.py": "deny"}}``.
+        mcp: MCP server definitions.
+        tools: enable/disable tools, e.g. ``{"webfetch": False}``.
+        instructions: instruction file paths or globs.
+        config_overrides: any other opencode config keys, deep-merged.
+        cli_kwargs: extra ``opencode run`` flags: ``True`` -> ``--flag``, value -> ``--flag=value``,
+            single-char key -> ``-k value``, list -> repeated, ``False``/``None`` -> skipped.
+    """
+
+    agent: str | None = None
+    model: str | None = None
+    disable_autoupdate: bool = True
+    inherit_user_config: bool = False
+    extra_env: Mapping[str, str] | None = None
+    permission: PermissionMap | None = None
+    mcp: dict[str, Any] | None = None
+    tools: dict[str, Any] | None = None
+    instructions: list[str] | None = None
+    config_overrides: dict[str, Any] | None = None
+    cli_kwargs: dict[str, Any] | None = field(default=None)
+
+    def build_opencode_config_dict(self) -> dict[str, Any]:
+        """The config passed to opencode as ``OPENCODE_CONFIG_CONTENT``."""
+        merged: dict[str, Any] = _deep_merge({}, self.config_overrides or {})
+        for key, value in (
+            ("permission", self.permission),
+            ("mcp", self.mcp),
+            ("tools", self.tools),
+        ):
+            if value is not None:
+                # A bare action (``permission="allow"``) is valid opencode config, not a mapping.
+                merged = _deep_merge(merged, {key: value if isinstance(value, str) else dict(value)})
+        if self.instructions is not None:
+            merged["instructions"] = list(self.instructions)
+        return merged
+
+    def opencode_config_content_json(self) -> str | None:
+        """``OPENCODE_CONFIG_CONTENT`` as a JSON string, or ``None`` when there is nothing to set."""
+        cfg = self.build_opencode_config_dict()
+        return json.dumps(cfg, ensure_ascii=False) if cfg else None
+
+    def merged_with(self, other: RunConfig | None) -> RunConfig:
+        """A copy of ``self`` where every field that ``other`` sets (not ``None``) wins.
+
+        Mappings are deep-merged, so a per-turn ``tools`` adds to the base ``tools``.
+        """
+        if other is None:
+            return self
+        changes: dict[str, Any] = {}
+        defaults = RunConfig()
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if theirs is None or theirs == getattr(defaults, f.name):
+                continue
+            if isinstance(mine, Mapping) and isinstance(theirs, Mapping):
+                changes[f.name] = _deep_merge(mine, theirs)
+            else:
+                changes[f.name] = theirs
+        return replace(self, **changes)
+
+    def server_key(self) -> str:
+        """A string equal for configs that can share one ``opencode serve`` process."""
+        return json.dumps(
+            {
+                "config": self.build_opencode_config_dict(),
+                "env": dict(sorted((self.extra_env or {}).items())),
+                "inherit": self.inherit_user_config,
+                "autoupdate": self.disable_autoupdate,
+            },
+            sort_keys=True,
+            default=str,
+        )
+
+
+def split_model(model: str) -> dict[str, str]:
+    """Split ``"provider/model"`` into the server's ``{"providerID", "modelID"}`` shape.
+
+    Only the first ``/`` separates the two (model ids may contain ``/``). A string without
+    ``/`` gives an empty ``providerID`` (use :func:`validate_model` to refuse it).
+    """
+    provider, sep, rest = model.partition("/")
+    if not sep:
+        return {"providerID": "", "modelID": model}
+    return {"providerID": provider, "modelID": rest}
+
+
+def validate_model(model: object) -> None:
+    """Raise :class:`OpenCodeConfigError` unless ``model`` is ``None`` or ``"provider/model"``."""
+    if model is None:
+        return
+    if not isinstance(model, str):
+        raise OpenCodeConfigError(
+            f"model must be a 'provider/model' string or None, got {type(model).__name__} {model!r}"
+        )
+    provider, sep, rest = model.partition("/")
+    if not sep or not provider.strip() or not rest.strip() or model != model.strip() or "\x00" in model:
+        raise OpenCodeConfigError(
+            f"Invalid model {model!r}: expected 'provider/model' with a non-empty provider and model id, "
+            "e.g. 'anthropic/claude-sonnet-4-5' or 'offline/scripted'"
+        )
+
+
+def validate_permission_actions(obj: Any, *, _path: str = "", allow_ask: bool = False) -> None:
+    """Check that every leaf of a permission map is a valid action.
+
+    ``"ask"`` is refused unless ``allow_ask`` (sessions can answer it; ``opencode run`` would
+    silently auto-reject it).
+
+    Raises:
+        OpenCodeConfigError: (a ``ValueError``) naming the bad value and its path.
+    """
+    allowed = {"allow", "deny", "ask"} if allow_ask else {"allow", "deny"}
+    where = f" at {_path!r}" if _path else ""
+    if isinstance(obj, str):
+        if obj == "ask" and not allow_ask:
+            raise OpenCodeConfigError(
+                f"Permission action 'ask'{where} is not supported in run mode (opencode run auto-rejects "
+                "it); use 'allow' or 'deny', or use an OpenCodeSession with an on_permission callback"
+            )
+        if obj not in allowed:
+            raise OpenCodeConfigError(
+                f"Invalid permission action {obj!r}{where}; expected one of {sorted(allowed)}"
+            )
+        return
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise OpenCodeConfigError(f"Permission keys must be strings, got {key!r}{where}")
+            validate_permission_actions(value, _path=f"{_path}.{key}" if _path else key, allow_ask=allow_ask)
+        return
+    raise OpenCodeConfigError(
+        f"Invalid permission value {obj!r}{where}; "
+        "expected an action string or a mapping of pattern -> action"
+    )
+
+
+def _check_json_value(value: Any, path: str) -> None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise OpenCodeConfigError(f"{path} is {value!r}, which JSON cannot represent")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise OpenCodeConfigError(f"{path} has a non-string key {key!r}; config keys must be strings")
+            _check_json_value(item, f"{path}.{key}")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{path}[{index}]")
+        return
+    raise OpenCodeConfigError(
+        f"{path} is {type(value).__name__} {value!r}, which cannot be serialised to JSON for opencode's "
+        "config; use str, int, float, bool, None, lists and dicts"
+    )
+
+
+def _check_cli_kwargs(cli_kwargs: Any) -> None:
+    if cli_kwargs is None:
+        return
+    if not isinstance(cli_kwargs, Mapping):
+        raise OpenCodeConfigError(f"cli_kwargs must be a dict of flag -> value, got {cli_kwargs!r}")
+    for key, value in cli_kwargs.items():
+        if not isinstance(key, str) or not key or key.startswith("-") or " " in key or "\x00" in key:
+            raise OpenCodeConfigError(
+                f"cli_kwargs key {key!r} is not a flag name; use e.g. 'title' or 'f' (no leading dashes)"
+            )
+        if key in RESERVED_CLI_FLAGS:
+            raise OpenCodeConfigError(
+                f"cli_kwargs key {key!r} is set by the client itself; use RunConfig.model / RunConfig.agent "
+                f"instead (reserved: {sorted(RESERVED_CLI_FLAGS)})"
+            )
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if item is not None and not isinstance(item, (str, int, float, bool)):
+                raise OpenCodeConfigError(
+                    f"cli_kwargs[{key!r}] has value {item!r} of type {type(item).__name__}; "
+                    "allowed: str, int, float, bool, None, or a list of those"
+                )
+            if isinstance(item, str) and "\x00" in item:
+                raise OpenCodeConfigError(f"cli_kwargs[{key!r}] value {item!r} contains a NUL character")
+
+
+def validate_config(cfg: RunConfig, *, allow_ask: bool) -> None:
+    """Check every field of ``cfg``; raise :class:`OpenCodeConfigError` on the first bad one."""
+    if not isinstance(cfg, RunConfig):
+        raise OpenCodeConfigError(f"run_cfg must be a RunConfig, got {type(cfg).__name__} {cfg!r}")
+    validate_model(cfg.model)
+    if cfg.agent is not None and (
+        not isinstance(cfg.agent, str) or not cfg.agent.strip() or "\x00" in cfg.agent
+    ):
+        raise OpenCodeConfigError(f"agent must be a non-empty string or None, got {cfg.agent!r}")
+    if cfg.permission is not None:
+        validate_permission_actions(cfg.permission, allow_ask=allow_ask)
+    if cfg.extra_env is not None:
+        if not isinstance(cfg.extra_env, Mapping):
+            raise OpenCodeConfigError(f"extra_env must be a dict of str -> str, got {cfg.extra_env!r}")
+        for key, value in cfg.extra_env.items():
+            if (
+                not isinstance(key, str)
+                or not isinstance(value, str)
+                or not key
+                or "=" in key
+                or "\x00" in key + value
+            ):
+                raise OpenCodeConfigError(
+                    f"extra_env entry {key!r}={type(value).__name__} is invalid; names and values must be "
+                    "strings (names non-empty, without '='; no NUL characters)"
+                )
+    for name in ("mcp", "tools", "config_overrides"):
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(value, Mapping):
+            raise OpenCodeConfigError(f"{name} must be a dict or None, got {type(value).__name__} {value!r}")
+        _check_json_value(value, name)
+    if cfg.tools is not None:
+        for tool, enabled in cfg.tools.items():
+            if not isinstance(enabled, bool):
+                raise OpenCodeConfigError(f"tools[{tool!r}] must be True or False, got {enabled!r}")
+    if cfg.instructions is not None and (
+        isinstance(cfg.instructions, str) or not all(isinstance(i, str) for i in cfg.instructions)
+    ):
+            raise OpenCodeConfigError(
+                f"instructions must be a list of path/glob strings, got {cfg.instructions!r}"
+            )
+    _check_cli_kwargs(cfg.cli_kwargs)
+
+
+def validate_config_for_run(cfg: RunConfig) -> None:
+    """Strict checks before spawning ``opencode run`` (``"ask"`` refused)."""
+    validate_config(cfg, allow_ask=False)
