@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-$(OPENCODE): $(VENV)/.installed
+$(OPENCODE): | $(VENV)/.installed
 	$(BIN)/python -m opencode_wrapper install-opencode --version $(OPENCODE_VERSION) --prefix $(OPENCODE_PREFIX)
 
 demo: setup

@@ -280,9 +280,9 @@ def validate_config(cfg: RunConfig, *, allow_ask: bool) -> None:
     if cfg.instructions is not None and (
         isinstance(cfg.instructions, str) or not all(isinstance(i, str) for i in cfg.instructions)
     ):
-            raise OpenCodeConfigError(
-                f"instructions must be a list of path/glob strings, got {cfg.instructions!r}"
-            )
+        raise OpenCodeConfigError(
+            f"instructions must be a list of path/glob strings, got {cfg.instructions!r}"
+        )
     _check_cli_kwargs(cfg.cli_kwargs)
 
 
