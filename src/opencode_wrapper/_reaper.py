@@ -147,7 +147,8 @@ def _descendants_zombies() -> list[int]:
 
 
 def _die_by(signum: int) -> int:
-    signal.signal(signum, signal.SIG_DFL)
+    if signum not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot have handlers
+        signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     return 128 + signum
 

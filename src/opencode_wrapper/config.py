@@ -118,10 +118,13 @@ class RunConfig:
         return replace(self, **changes)
 
     def server_key(self) -> str:
-        """A string equal for configs that can share one ``opencode serve`` process."""
+        """A string equal for configs that can share one ``opencode serve`` process.
+
+        ``model``, ``agent`` and ``tools`` are left out: a server takes them per prompt.
+        """
         return json.dumps(
             {
-                "config": self.build_opencode_config_dict(),
+                "config": replace(self, tools=None).build_opencode_config_dict(),
                 "env": dict(sorted((self.extra_env or {}).items())),
                 "inherit": self.inherit_user_config,
                 "autoupdate": self.disable_autoupdate,

@@ -311,6 +311,7 @@ ErrorKind = Literal[
     "server_failure",
     "callback_error",
     "structured_output",
+    "budget_exhausted",
 ]
 
 
@@ -482,6 +483,8 @@ def diagnose_run(result: RunResult) -> RunError | None:
         )
     if result.exit_code == 0 and _last_step_stopped_on_tools(result.events):
         return RunError(kind="process_exit", message="opencode stopped after a tool step without an answer")
+    if result.exit_code == 0 and not any(isinstance(ev, StepFinishEvent) for ev in result.events):
+        return RunError(kind="process_exit", message="opencode exited 0 without finishing a model step")
     return None
 
 
