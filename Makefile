@@ -23,7 +23,7 @@ $(OPENCODE): | $(VENV)/.installed
 	$(BIN)/python -m opencode_wrapper install-opencode --version $(OPENCODE_VERSION) --prefix $(OPENCODE_PREFIX)
 
 demo: setup
-	$(BIN)/python examples/demo.py
+	$(BIN)/opencode-wrapper demo
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -33,7 +33,7 @@ typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
 test: setup lint typecheck
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
 clean:
 	rm -rf $(VENV) .opencode .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,8 @@ Everything public is importable from here; the ``_``-prefixed modules are privat
 """
 
 from opencode_wrapper._binary import OPENCODE_VERSION, install_opencode
+from opencode_wrapper._transport import ServerHTTPError
+from opencode_wrapper.batch import Budget, Progress, Task, TaskOutcome, iter_run_many, run_many
 from opencode_wrapper.client import AsyncOpenCodeClient, build_argv, build_env, resolve_binary
 from opencode_wrapper.config import (
     RunConfig,
@@ -40,12 +42,38 @@ from opencode_wrapper.events import (
     parse_event_line,
     run_result_fuzzy_text,
 )
+from opencode_wrapper.pool import ServerPool
+from opencode_wrapper.server import DEFAULT_CALLBACK_TIMEOUT_S, OpenCodeServer
+from opencode_wrapper.session import (
+    OpenCodeSession,
+    PermissionCallback,
+    PermissionReply,
+    QuestionCallback,
+    TurnStream,
+    aggregate_server_result,
+)
 
 __version__ = "0.4.0"
 
 __all__ = [
+    "DEFAULT_CALLBACK_TIMEOUT_S",
     "OPENCODE_VERSION",
     "AsyncOpenCodeClient",
+    "Budget",
+    "OpenCodeServer",
+    "OpenCodeSession",
+    "PermissionCallback",
+    "PermissionReply",
+    "Progress",
+    "QuestionCallback",
+    "ServerHTTPError",
+    "ServerPool",
+    "Task",
+    "TaskOutcome",
+    "TurnStream",
+    "aggregate_server_result",
+    "iter_run_many",
+    "run_many",
     "DiagnosticEvent",
     "ErrorEvent",
     "Event",

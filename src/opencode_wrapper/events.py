@@ -556,3 +556,13 @@ def run_result_fuzzy_text(result: RunResult) -> str:
     if pieces:
         return "\n".join(pieces)
     return "\n".join(x.strip() for x in result.raw_stdout_lines if x.strip())
+
+
+def __getattr__(name: str) -> Any:
+    # Seed code imports aggregate_server_result from here; it lives with the session code,
+    # which imports this module, so it is loaded on first use.
+    if name == "aggregate_server_result":
+        from opencode_wrapper._turn import aggregate_server_result
+
+        return aggregate_server_result
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
