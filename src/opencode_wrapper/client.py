@@ -7,11 +7,12 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opencode_wrapper._binary import check_version, resolve_binary
 from opencode_wrapper._environment import build_env, prepare_environment
 from opencode_wrapper._eventlog import EventLog
+from opencode_wrapper._observers import EventCallback, notify
 from opencode_wrapper._process import OwnedProcess, drain_text, iter_lines
 from opencode_wrapper._validation import (
     check_non_negative,
@@ -21,6 +22,9 @@ from opencode_wrapper._validation import (
     check_workspace,
 )
 from opencode_wrapper.config import RunConfig, validate_config_for_run
+
+if TYPE_CHECKING:
+    from opencode_wrapper.pool import ServerPool
 from opencode_wrapper.errors import (
     OpenCodeCancelledError,
     OpenCodeConfigError,
@@ -137,6 +141,11 @@ class AsyncOpenCodeClient:
         startup_concurrency: how many opencode processes may start at the same moment.
         startup_delay_s: how long each start holds its slot (spaces out SQLite initialisation).
         isolate_db: give each run a private data dir (its own SQLite DB), removed afterwards.
+        warm_servers: run ``async_run`` on warm ``opencode serve`` processes instead of one
+            ``opencode run`` each (much faster and leaner for many runs). The client must then be
+            used as ``async with client:``, which ends the servers on exit.
+        max_servers: with ``warm_servers``, the most servers at once (default: sized to the machine).
+        lean: with ``warm_servers``, start servers with the lean profile.
     """
 
     def __init__(
@@ -145,6 +154,10 @@ class AsyncOpenCodeClient:
         startup_concurrency: int = 1,
         startup_delay_s: float = 0.3,
         isolate_db: bool = True,
+        *,
+        warm_servers: bool = False,
+        max_servers: int | None = None,
+        lean: bool = False,
     ) -> None:
         if (
             isinstance(startup_concurrency, bool)
@@ -160,9 +173,38 @@ class AsyncOpenCodeClient:
         self._startup_sem = asyncio.Semaphore(startup_concurrency)
         self._startup_delay_s = float(startup_delay_s)
         self._isolate_db = bool(isolate_db)
+        self._warm_servers = bool(warm_servers)
+        self._max_servers = max_servers
+        self._lean = bool(lean)
+        self._pool: ServerPool | None = None
+        if max_servers is not None and (
+            isinstance(max_servers, bool) or not isinstance(max_servers, int) or max_servers < 1
+        ):
+            raise OpenCodeConfigError(f"max_servers must be an integer >= 1 or None, got {max_servers!r}")
 
     def __repr__(self) -> str:
         return f"AsyncOpenCodeClient(binary={self.binary!r}, isolate_db={self._isolate_db})"
+
+    async def __aenter__(self) -> AsyncOpenCodeClient:
+        if self._warm_servers:
+            if self._pool is not None:
+                raise OpenCodeConfigError(
+                    "this AsyncOpenCodeClient is already open; nest no second 'async with'"
+                )
+            from opencode_wrapper.pool import ServerPool
+
+            self._pool = ServerPool(
+                binary=self.binary,
+                max_servers=self._max_servers,
+                lean=self._lean,
+                isolate_db=self._isolate_db,
+            )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
 
     def resolved_binary(self) -> str:
         """The absolute path of the opencode binary (resolved and version-checked once)."""
@@ -223,6 +265,7 @@ class AsyncOpenCodeClient:
         max_retries: int = 2,
         retry_delay_s: float = 1.0,
         data_home: str | os.PathLike[str] | None = None,
+        on_event: EventCallback | None = None,
     ) -> RunResult:
         """Run one prompt to completion and return its :class:`RunResult`.
 
@@ -241,6 +284,8 @@ class AsyncOpenCodeClient:
                 never called, so a prompt is never sent twice.
             retry_delay_s: pause between attempts.
             data_home: use this ``XDG_DATA_HOME`` (shared history) instead of a private one.
+            on_event: called with each typed event as it arrives (a live view); an exception in
+                it is logged and ignored.
 
         Raises:
             OpenCodeConfigError: bad arguments (before anything is started).
@@ -252,6 +297,8 @@ class AsyncOpenCodeClient:
         exclude = check_type_names(log_exclude_types, "log_exclude_types")
         check_non_negative(max_retries, "max_retries", integer=True)
         check_non_negative(retry_delay_s, "retry_delay_s")
+        if self._warm_servers:
+            return await self._run_warm(prompt, cwd, cfg, timeout, log_file, exclude, data_home, on_event)
         log = EventLog(log_file, exclude) if log_file is not None else None
         recorder = _Recorder()
 
@@ -262,6 +309,7 @@ class AsyncOpenCodeClient:
                 async for event in self._attempt(prompt, cwd, cfg, recorder, data_home):
                     if log is not None:
                         log.write(event)
+                    notify(on_event, event)
                 retry = (
                     attempt < max_retries
                     and recorder.exit_code != 0
@@ -286,6 +334,39 @@ class AsyncOpenCodeClient:
                 log.close()
 
     # ------------------------------------------------------------------ internals
+
+    async def _run_warm(
+        self,
+        prompt: str,
+        cwd: str,
+        cfg: RunConfig,
+        timeout: float | None,
+        log_file: str | os.PathLike[str] | None,
+        exclude: frozenset[str],
+        data_home: str | os.PathLike[str] | None,
+        on_event: EventCallback | None,
+    ) -> RunResult:
+        if self._pool is None:
+            raise OpenCodeConfigError(
+                "AsyncOpenCodeClient(warm_servers=True) runs on servers it must end: use it as "
+                "'async with client:' around your async_run calls"
+            )
+        if cfg.cli_kwargs:
+            raise OpenCodeConfigError(
+                f"cli_kwargs {sorted(cfg.cli_kwargs)} are `opencode run` flags, refused with "
+                "warm_servers=True; use a client without warm_servers for them"
+            )
+        if data_home is not None:
+            raise OpenCodeConfigError("data_home is a run-mode option, refused with warm_servers=True")
+        return await self._pool.run(
+            prompt,
+            cwd,
+            run_cfg=cfg,
+            timeout_s=timeout,
+            log_file=log_file,
+            log_exclude_types=exclude,
+            on_event=on_event,
+        )
 
     def _check(
         self,
@@ -317,7 +398,13 @@ class AsyncOpenCodeClient:
         stderr_task: asyncio.Task[None] | None = None
         try:
             async with self._startup_sem:
-                proc = await OwnedProcess.start(argv, cwd=cwd, env=prepared.env, stdin_data=prompt.encode())
+                proc = await OwnedProcess.start(
+                    argv,
+                    cwd=cwd,
+                    env=prepared.env,
+                    stdin_data=prompt.encode(),
+                    cleanup_dirs=prepared.temp_dirs,
+                )
                 stderr_task = asyncio.ensure_future(drain_text(proc.stderr, recorder.stderr))
                 if self._startup_delay_s > 0:
                     await asyncio.sleep(self._startup_delay_s)
