@@ -5,6 +5,8 @@
 
 Each inspector agent works in its own service folder of a generated sample repository and
 uses the bash tool to measure it; a final agent summarises their reports.
+
+It uses only the public API. `opencode-wrapper demo` runs the same workflow in the live view.
 """
 
 from __future__ import annotations
@@ -21,9 +23,15 @@ from opencode_wrapper import AsyncOpenCodeClient, OpenCodeError, RunConfig, RunR
 from opencode_wrapper.testing import Match, OfflineModelServer, RecordedRequest, Reply
 
 SERVICES = {
-    "api": ["def get_user(uid):\n    # TODO: cache lookups\n    return {'id': uid}\n", "ROUTES = ['/users']\n"],
+    "api": [
+        "def get_user(uid):\n    # TODO: cache lookups\n    return {'id': uid}\n",
+        "ROUTES = ['/users']\n",
+    ],
     "worker": ["import time\n\n\ndef run():\n    # TODO: retries\n    # TODO: metrics\n    time.sleep(1)\n"],
-    "gateway": ["def proxy(req):\n    return req\n", "def auth(req):\n    # TODO: real tokens\n    return True\n"],
+    "gateway": [
+        "def proxy(req):\n    return req\n",
+        "def auth(req):\n    # TODO: real tokens\n    return True\n",
+    ],
 }
 
 INSPECT_PROMPT = (
@@ -58,7 +66,9 @@ def summarise_reports(request: RecordedRequest) -> str:
 def script_offline_model(model: OfflineModelServer) -> None:
     model.add_rule(Match.user_text(r"^Inspect the service"), Reply.bash(INSPECT_COMMAND))
     # After its bash call, an inspector answers with what the command printed.
-    model.add_rule(Match.tool_result("bash"), Reply.compute(lambda request: request.tool_results[-1].output.strip()))
+    model.add_rule(
+        Match.tool_result("bash"), Reply.compute(lambda request: request.tool_results[-1].output.strip())
+    )
     model.add_rule(Match.user_text(r"^Summarise"), Reply.compute(summarise_reports))
 
 
@@ -67,13 +77,16 @@ async def run_workflow(client: AsyncOpenCodeClient, cfg: RunConfig, root: Path) 
     started = time.monotonic()
     print(f"Inspecting {len(folders)} services in parallel under {root} ...")
     results = await asyncio.gather(
-        *[client.async_run(INSPECT_PROMPT, folder, run_cfg=cfg, timeout_s=300) for folder in folders.values()],
+        *[
+            client.async_run(INSPECT_PROMPT, folder, run_cfg=cfg, timeout_s=300)
+            for folder in folders.values()
+        ],
         return_exceptions=True,
     )
     usage = TokenUsage()
     cost = 0.0
     reports = []
-    for name, result in zip(folders, results):
+    for name, result in zip(folders, results, strict=True):
         if isinstance(result, BaseException):
             print(f"  [{name}] FAILED: {result}")
             continue
@@ -100,7 +113,9 @@ async def run_workflow(client: AsyncOpenCodeClient, cfg: RunConfig, root: Path) 
 
 
 async def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", help="provider/model to use instead of the offline scripted model")
     args = parser.parse_args(argv)
     client = AsyncOpenCodeClient()
