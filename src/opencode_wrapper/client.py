@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from opencode_wrapper._aio import finish
 from opencode_wrapper._binary import check_version, resolve_binary
 from opencode_wrapper._environment import build_env, prepare_environment
 from opencode_wrapper._eventlog import EventLog
@@ -91,23 +92,6 @@ def build_argv(
     if prompt_in_argv and prompt:
         cmd.append(prompt)
     return cmd
-
-
-async def _finish(awaitable: Awaitable[_T]) -> _T:
-    """Await cleanup to its end even if the caller is cancelled meanwhile; then re-raise that."""
-    task = asyncio.ensure_future(awaitable)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
 
 
 class _Recorder:
@@ -250,7 +234,7 @@ class AsyncOpenCodeClient:
                     raise self._timeout_error(recorder, timeout) from None
                 yield event
         finally:
-            await _finish(stream.aclose())
+            await finish(stream.aclose())
         self._raise_for_exit(recorder)
 
     async def async_run(
@@ -351,11 +335,6 @@ class AsyncOpenCodeClient:
                 "AsyncOpenCodeClient(warm_servers=True) runs on servers it must end: use it as "
                 "'async with client:' around your async_run calls"
             )
-        if cfg.cli_kwargs:
-            raise OpenCodeConfigError(
-                f"cli_kwargs {sorted(cfg.cli_kwargs)} are `opencode run` flags, refused with "
-                "warm_servers=True; use a client without warm_servers for them"
-            )
         if data_home is not None:
             raise OpenCodeConfigError("data_home is a run-mode option, refused with warm_servers=True")
         return await self._pool.run(
@@ -417,7 +396,7 @@ class AsyncOpenCodeClient:
             recorder.exit_code = await proc.wait()
             await stderr_task
         finally:
-            await _finish(self._cleanup(proc, stderr_task, prepared.cleanup, recorder))
+            await finish(self._cleanup(proc, stderr_task, prepared.cleanup, recorder))
 
     @staticmethod
     async def _cleanup(

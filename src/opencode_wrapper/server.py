@@ -16,10 +16,11 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from opencode_wrapper._aio import finish
 from opencode_wrapper._binary import check_version, resolve_binary
 from opencode_wrapper._callbacks import PermissionCallback, QuestionCallback
 from opencode_wrapper._environment import PreparedEnvironment, prepare_environment
@@ -52,26 +53,6 @@ _STDERR_TAIL_LINES = 50
 _SETTLE_S = 0.5
 _DISPOSE_TIMEOUT_S = 5.0
 _END_GRACE_S = 5.0
-
-
-async def finish(awaitable: Awaitable[_T]) -> _T:
-    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile; then re-raise that.
-
-    For clean-up that must not be cut short (ending processes, aborting a turn).
-    """
-    task = asyncio.ensure_future(awaitable)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
 
 
 class _Subscription:

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from opencode_wrapper._aio import finish
 from opencode_wrapper._callbacks import (
     PermissionCallback,
     PermissionReply,
@@ -55,7 +56,7 @@ from opencode_wrapper.errors import (
     OpenCodeTimeoutError,
 )
 from opencode_wrapper.events import Event, EventError, PermissionRejection, RunError, RunResult
-from opencode_wrapper.server import DEFAULT_CALLBACK_TIMEOUT_S, OpenCodeServer, _Subscription, finish
+from opencode_wrapper.server import DEFAULT_CALLBACK_TIMEOUT_S, OpenCodeServer, _Subscription
 
 if TYPE_CHECKING:
     from opencode_wrapper.client import AsyncOpenCodeClient
