@@ -1,6 +1,7 @@
 """A tiny supervisor that owns one opencode process and everything it starts.
 
-Run as a script (``python -I -S _reaper.py WATCH_FD -- argv...``), never imported by user code.
+Run as a script (``python -I -S _reaper.py WATCH_FD [--rm PATH]... -- argv...``), never imported
+by user code.
 
 Why it exists: opencode starts its bash-tool commands in their own session, so killing
 opencode, or even its process group, leaves them running. This supervisor makes itself a
@@ -8,6 +9,9 @@ opencode, or even its process group, leaves them running. This supervisor makes 
 re-parented to it instead of to init, so it can find and end all of them. It ends the whole
 tree when opencode exits, when it gets SIGTERM/SIGINT/SIGHUP, and when its owner dies
 (the owner holds the write end of the pipe ``WATCH_FD``; EOF means the owner is gone).
+
+If the owner died, the supervisor also removes the ``--rm`` paths (the run's private temp dirs),
+which the owner can no longer do; a living owner removes them itself.
 
 It exits with opencode's exit status, or dies by the same signal that ended opencode, so the
 owner sees what opencode itself did. Standard library only: it must start in milliseconds.
@@ -19,6 +23,7 @@ import contextlib
 import ctypes
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,9 +95,23 @@ def _end_tree(child: subprocess.Popen[bytes]) -> None:
         select.select([], [], [], 0.005)
 
 
+def _owner_gone(watch_fd: int) -> bool:
+    """Whether the owner closed its end of the watch pipe (it died, or ended without waiting)."""
+    try:
+        readable, _, _ = select.select([watch_fd], [], [], 0)
+        return bool(readable) and not os.read(watch_fd, 512)
+    except OSError:
+        return True
+
+
 def main(argv: list[str]) -> int:
     watch_fd = int(argv[0])
-    command = argv[2:] if argv[1:2] == ["--"] else argv[1:]
+    rest = argv[1:]
+    remove: list[str] = []
+    while len(rest) >= 2 and rest[0] == "--rm":
+        remove.append(rest[1])
+        rest = rest[2:]
+    command = rest[1:] if rest[:1] == ["--"] else rest
     _become_subreaper()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -112,6 +131,9 @@ def main(argv: list[str]) -> int:
         _reap_zombies_except(child)
     _end_tree(child)
     code = child.wait()
+    if remove and _owner_gone(watch_fd):
+        for path in remove:
+            shutil.rmtree(path, ignore_errors=True)
     if received:
         return _die_by(received[0])
     return code if code >= 0 else _die_by(-code)
