@@ -1,0 +1,221 @@
+"""The lean profile: switch off what a headless agent does not need from opencode's set-up.
+
+opencode 1.18.33 sets up an *instance* for every new directory a server sees, and most of that
+work serves an interactive user: undo snapshots, a generated session title, a file watcher, and
+the processing of the whole models.dev catalog (~225 providers, ~8,300 models). With one warm
+``opencode serve`` and N sessions each in its own directory, that set-up dominates the run.
+
+Everything here was measured with ``benchmarks/lean_profile.py`` (8 concurrent sessions, each in
+its own fresh git directory, one ``bash`` call plus an answer each, offline model, 2 cores, a
+busy shared machine): see ``benchmarks/LEAN_README_SECTION.md`` for the table. Numbers in the
+comments are medians of the per-round ratio against the default configuration ("x0.40 CPU" =
+the server used 40% of the CPU time).
+
+Use it with :func:`lean_run_config`; the caller's own settings always win::
+
+    cfg = lean_run_config(RunConfig(model="offline/scripted", config_overrides=...))
+
+The profile is server-global config (it becomes ``OPENCODE_CONFIG_CONTENT`` and environment
+variables), so lean and non-lean tasks never share a server (``RunConfig.server_key`` differs).
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+from opencode_wrapper._binary import OPENCODE_VERSION
+from opencode_wrapper.config import RunConfig, _deep_merge, split_model
+
+#: opencode config keys of the lean profile (deep-merged *under* the caller's ``config_overrides``).
+LEAN_CONFIG: dict[str, Any] = {
+    # Snapshots: opencode keeps a private git repository per worktree (under
+    # $XDG_DATA_HOME/opencode/snapshot/) and runs `git add`/`write-tree`/`diff` around every model
+    # step. Measured: TBD. You lose: undo/redo of file changes (`POST /session/{id}/revert`,
+    # the TUI's /undo), the per-message file diffs (`session.diff` events and `GET
+    # /session/{id}/diff` are empty) and the `snapshot` hashes on step parts. Your own git
+    # repository is untouched either way.
+    "snapshot": False,
+    # Title generation: the first prompt of every session forks an extra LLM request ("Generate a
+    # title for this conversation") to the provider's small model (e.g. a Haiku-class model).
+    # Measured: 1 fewer LLM request per session (title/t 1.00 -> 0.00); CPU TBD. It runs beside
+    # the turn, so it saves tokens and rate limit more than wall time. You lose: sessions keep
+    # the title "New session - <timestamp>" (or the one you pass to `POST /session`).
+    "agent": {"title": {"disable": True}},
+}
+
+#: Environment variables of the lean profile (the caller's ``extra_env`` wins).
+LEAN_ENV: dict[str, str] = {
+    # models.dev refresh: every server start (and every 60 minutes) downloads
+    # https://models.opencode.ai/api.json (~1 MB) in the background. Per server, not per
+    # directory: no per-directory saving measurable here (the sandbox has no route to it, so the
+    # fetch fails at once). You lose: models released after opencode 1.18.33 was built are
+    # unknown unless declared in your config (the catalog bundled in the binary is used).
+    "OPENCODE_DISABLE_MODELS_FETCH": "1",
+    # File watcher: an inotify watcher per directory (plus one on .git) that publishes
+    # `file.watcher.updated` events for changes made outside opencode. Measured: TBD. You lose:
+    # those events; a headless agent's own edits are tracked without it.
+    "OPENCODE_EXPERIMENTAL_DISABLE_FILEWATCHER": "1",
+}
+
+#: opencode reads its models.dev catalog from this file instead of its bundled copy.
+MODELS_PATH_ENV = "OPENCODE_MODELS_PATH"
+#: The package opencode installs (from the npm registry) into every config directory it uses.
+PLUGIN_SDK_PACKAGE = "@opencode-ai/plugin"
+
+CatalogMode = Literal["auto", "empty", "trimmed", "full"]
+
+_catalog_lock = threading.Lock()
+_catalog_dir: Path | None = None
+_catalog_files: dict[str, Path] = {}
+
+
+def _private_catalog_file(name: str, content: dict[str, Any]) -> Path:
+    """Write ``content`` once per process into a private temp dir (removed at exit)."""
+    global _catalog_dir
+    with _catalog_lock:
+        path = _catalog_files.get(name)
+        if path is not None and path.is_file():
+            return path
+        if _catalog_dir is None or not _catalog_dir.is_dir():
+            _catalog_dir = Path(tempfile.mkdtemp(prefix="ocw_catalog_"))  # mode 0700
+            atexit.register(shutil.rmtree, _catalog_dir, ignore_errors=True)
+        path = _catalog_dir / name
+        path.write_text(json.dumps(content) + "\n", encoding="utf-8")
+        _catalog_files[name] = path
+        return path
+
+
+def empty_models_catalog() -> Path:
+    """A file holding an empty models.dev catalog (``{}``), private to this process.
+
+    With ``OPENCODE_MODELS_PATH`` pointing here, opencode knows only the providers and models
+    declared in its config. Measured: the biggest single per-directory saving (TBD).
+    """
+    return _private_catalog_file("models-empty.json", {})
+
+
+def models_cache_file(env: dict[str, str] | None = None) -> Path:
+    """Where opencode caches the models.dev catalog it downloaded (``$XDG_CACHE_HOME/opencode``)."""
+    source = os.environ if env is None else env
+    cache_home = source.get("XDG_CACHE_HOME") or str(Path(source.get("HOME", str(Path.home()))) / ".cache")
+    return Path(cache_home) / "opencode" / "models.json"
+
+
+def trimmed_models_catalog(
+    provider_ids: Iterable[str], source: str | os.PathLike[str] | None = None
+) -> Path | None:
+    """A catalog file with only ``provider_ids``, cut from opencode's cached models.dev catalog.
+
+    Returns ``None`` (use the full catalog) when the cache file is missing or unreadable, or
+    lacks one of the providers: opencode then falls back to the catalog bundled in its binary.
+    """
+    path = Path(source) if source is not None else models_cache_file()
+    wanted = sorted(set(provider_ids))
+    try:
+        catalog = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(catalog, dict)
+        or not wanted
+        or any(not isinstance(catalog.get(p), dict) for p in wanted)
+    ):
+        return None
+    trimmed = {p: catalog[p] for p in wanted}
+    return _private_catalog_file("models-" + "-".join(p.replace("/", "_") for p in wanted) + ".json", trimmed)
+
+
+def model_is_declared(cfg: RunConfig) -> bool:
+    """Whether ``cfg.model`` is declared under ``provider.<id>.models.<id>`` in ``cfg``'s config."""
+    if not cfg.model:
+        return False
+    ids = split_model(cfg.model)
+    provider = cfg.build_opencode_config_dict().get("provider")
+    if not isinstance(provider, dict):
+        return False
+    entry = provider.get(ids["providerID"])
+    models = entry.get("models") if isinstance(entry, dict) else None
+    return isinstance(models, dict) and ids["modelID"] in models
+
+
+def _catalog_for(cfg: RunConfig, mode: CatalogMode) -> Path | None:
+    if mode == "full":
+        return None
+    if mode == "empty" or (mode == "auto" and model_is_declared(cfg)):
+        return empty_models_catalog()
+    if not cfg.model:
+        return None
+    return trimmed_models_catalog([split_model(cfg.model)["providerID"]])
+
+
+def lean_run_config(cfg: RunConfig, *, catalog: CatalogMode = "auto") -> RunConfig:
+    """A copy of ``cfg`` with the lean profile underneath; the caller's own settings win.
+
+    ``config_overrides`` is deep-merged over :data:`LEAN_CONFIG` and ``extra_env`` over
+    :data:`LEAN_ENV`, so e.g. ``config_overrides={"snapshot": True}`` keeps snapshots on.
+
+    Args:
+        cfg: the configuration to make lean (not modified).
+        catalog: which models.dev catalog opencode processes for every directory
+            (``OPENCODE_MODELS_PATH``; never set when ``cfg.extra_env`` already sets it):
+
+            * ``"auto"`` (default): ``"empty"`` when ``cfg.model`` is declared in the config's
+              ``provider`` section (it needs nothing from the catalog), else ``"trimmed"``;
+            * ``"empty"``: no catalog; every model you use (including per-turn or per-agent
+              models) must be declared under ``provider`` in your config;
+            * ``"trimmed"``: only ``cfg.model``'s provider, cut from opencode's cached catalog
+              (``~/.cache/opencode/models.json``); the full catalog when there is no cache;
+            * ``"full"``: opencode's default.
+    """
+    env = {**LEAN_ENV, **(cfg.extra_env or {})}
+    if MODELS_PATH_ENV not in (cfg.extra_env or {}):
+        path = _catalog_for(cfg, catalog)
+        if path is not None:
+            env[MODELS_PATH_ENV] = str(path)
+    return replace(
+        cfg,
+        config_overrides=_deep_merge(copy.deepcopy(LEAN_CONFIG), cfg.config_overrides or {}),
+        extra_env=env,
+    )
+
+
+def seed_plugin_dependencies(config_dir: str | os.PathLike[str], version: str = OPENCODE_VERSION) -> bool:
+    """Make opencode's background install of its plugin SDK into ``config_dir`` a no-op.
+
+    For every directory it sets up, opencode checks each config directory it uses (here the
+    private ``$XDG_CONFIG_HOME/opencode`` the wrapper creates for every process) and, when
+    ``node_modules`` is missing, runs an npm install of ``@opencode-ai/plugin`` (27 packages from
+    the registry) under a cross-process file lock; until the first install finishes, every new
+    directory queues another one. Measured: TBD. Writing the ``package.json``,
+    ``package-lock.json`` and ``node_modules/`` that opencode checks for makes the check pass.
+
+    You lose: TypeScript plugins or custom tools placed in *that* config directory cannot
+    import ``@opencode-ai/plugin`` (the wrapper's private config directory has none). Returns
+    ``False`` and changes nothing when the directory already has a ``package.json`` or
+    ``node_modules``.
+    """
+    root = Path(config_dir)
+    if (root / "package.json").exists() or (root / "node_modules").exists():
+        return False
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    deps = {PLUGIN_SDK_PACKAGE: version}
+    (root / "package.json").write_text(json.dumps({"dependencies": deps}, indent=2) + "\n", encoding="utf-8")
+    lock = {
+        "name": "opencode",
+        "lockfileVersion": 3,
+        "requires": True,
+        "packages": {"": {"dependencies": deps}},
+    }
+    (root / "package-lock.json").write_text(json.dumps(lock, indent=2) + "\n", encoding="utf-8")
+    (root / "node_modules").mkdir()
+    return True
