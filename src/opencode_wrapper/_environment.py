@@ -154,6 +154,8 @@ def _isolate_user_config(env: dict[str, str], source_env: Mapping[str, str], roo
     real_config_dir = (Path(xdg_config) if xdg_config else home / ".config") / "opencode"
     for private in (root / "xdg", root / "home"):
         private.mkdir(mode=0o700)  # mkdir(parents=True) below would create them with the umask's mode
+    for folder in (root / "xdg", root / "home"):
+        folder.mkdir(mode=0o700, exist_ok=True)
     _sanitize_and_copy(real_config_dir, root / "xdg" / "opencode")
     _sanitize_and_copy(home / ".opencode", root / "home" / ".opencode")
     env["XDG_CONFIG_HOME"] = str(root / "xdg")
@@ -161,7 +163,8 @@ def _isolate_user_config(env: dict[str, str], source_env: Mapping[str, str], roo
 
 
 def _sanitize_and_copy(src_dir: Path, dst_dir: Path) -> None:
-    dst_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # No source, no copy: an empty `.opencode` dir in the private home is one more config dir
+    # for opencode, where it writes files and installs its plugin package on every start.
     if not src_dir.is_dir():
         return
     for name in _GLOBAL_CONFIG_FILENAMES:
@@ -177,6 +180,7 @@ def _sanitize_and_copy(src_dir: Path, dst_dir: Path) -> None:
         if not isinstance(raw, dict):
             _LOG.warning("user-config isolation: skipping %s (not a JSON object)", src)
             continue
+        dst_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         dst = dst_dir / name
         dst.write_text(json.dumps(sanitize_user_config_json(raw), ensure_ascii=False), encoding="utf-8")
         dst.chmod(0o600)
