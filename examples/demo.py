@@ -93,7 +93,7 @@ async def run_workflow(client: AsyncOpenCodeClient, cfg: RunConfig, root: Path) 
         assert isinstance(result, RunResult)
         usage += result.token_usage
         cost += result.total_cost
-        tools = ", ".join(call["part"]["tool"] for call in result.tool_calls if "part" in call) or "none"
+        tools = ", ".join(result.tools) or "none"
         status = "ok" if result.ok else f"error: {result.error}"
         print(f"  [{name}] {result.final_text.strip()}   (tools: {tools}; {status})")
         reports.append(f"- {name}: {result.final_text.strip()}")

@@ -275,7 +275,7 @@ def test_batch_writes_a_result_line_per_task_and_exits_1_on_a_failure(
     assert good["ok"] is True and good["final_text"] == "Tool results: bash: from-a"
     assert good["tools"] == ["bash"] and good["tokens"]["total"] == 25
     assert good["workspace"] == str(tmp_path / "a") and good["index"] == 0
-    assert bad["ok"] is False and bad["error"]["kind"] in ("error_event", "process_exit")
+    assert bad["ok"] is False and bad["error"]["kind"] in ("error_event", "process_exit", "session_error")
     lines = done.stdout.splitlines()
     assert "tool   good           bash completed: echo from-a" in lines
     assert any(line.startswith("failed bad-model") for line in lines)

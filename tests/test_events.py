@@ -495,3 +495,16 @@ def test_event_log_that_cannot_be_opened_is_a_config_error(tmp_path: Path, where
     with pytest.raises(OpenCodeConfigError) as info:
         EventLog(path)
     assert str(path) in str(info.value)
+
+
+def test_tools_lists_tool_names_from_run_and_server_shapes() -> None:
+    from opencode_wrapper.events import RunResult
+
+    result = RunResult(
+        tool_calls=[
+            {"type": "tool_use", "part": {"tool": "bash"}},  # run mode
+            {"type": "tool", "tool": "read", "callID": "c1"},  # sessions
+            {"type": "tool_use", "part": {}},  # no name: skipped
+        ]
+    )
+    assert result.tools == ["bash", "read"]

@@ -89,7 +89,7 @@ async def _run_tasks(
 
 def _tools(outcome: TaskOutcome) -> str:
     result = outcome.result
-    names = [str(call["part"]["tool"]) for call in result.tool_calls if "part" in call] if result else []
+    names = list(result.tools) if result else []
     return ", ".join(names) or "none"
 
 

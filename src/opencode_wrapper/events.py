@@ -11,6 +11,7 @@ events of ``opencode serve``, which carry ``properties``).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,13 @@ from typing import Any, Literal
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int | None:
+    """``value`` as a token count, or ``None`` (JSON allows NaN and Infinity; int() does not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value) if isinstance(value, int) or math.isfinite(value) else None
 
 
 def _num(value: Any) -> float | None:
@@ -285,7 +293,7 @@ def parse_event_line(line: str | bytes) -> Event:
         return DiagnosticEvent({"type": "diagnostic", "kind": "empty_line", "raw": line})
     try:
         obj = json.loads(stripped)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer of > 4300 digits
         return DiagnosticEvent(
             {"type": "diagnostic", "kind": "json_decode_error", "raw": stripped, "error": str(exc)}
         )
@@ -365,15 +373,15 @@ class TokenUsage:
     def add(self, tokens: dict[str, Any]) -> None:
         """Add one step's ``tokens`` object (``{"total", "input", "output", "reasoning", "cache"}``)."""
         for attr in ("total", "input", "output", "reasoning"):
-            value = tokens.get(attr)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                setattr(self, attr, getattr(self, attr) + int(value))
+            count = _count(tokens.get(attr))
+            if count is not None:
+                setattr(self, attr, getattr(self, attr) + count)
         cache = tokens.get("cache")
         if isinstance(cache, dict):
             for attr, key in (("cache_read", "read"), ("cache_write", "write")):
-                value = cache.get(key)
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    setattr(self, attr, getattr(self, attr) + int(value))
+                count = _count(cache.get(key))
+                if count is not None:
+                    setattr(self, attr, getattr(self, attr) + count)
 
     def __iadd__(self, other: TokenUsage) -> TokenUsage:
         for attr in ("total", "input", "output", "reasoning", "cache_read", "cache_write"):
@@ -425,6 +433,17 @@ class RunResult:
     def ok(self) -> bool:
         """``True`` only when the run finished without any error."""
         return self.error is None
+
+    @property
+    def tools(self) -> list[str]:
+        """The name of each tool called, in order (run mode and sessions alike)."""
+        names = []
+        for call in self.tool_calls:
+            part = call.get("part")
+            name = part.get("tool") if isinstance(part, dict) else call.get("tool")
+            if isinstance(name, str):
+                names.append(name)
+        return names
 
     @property
     def texts(self) -> list[str]:

@@ -62,11 +62,7 @@ def finished_text(row: AgentRow, outcome: TaskOutcome, board: Board) -> Text:
     from rich.text import Text
 
     result = outcome.result
-    tools = (
-        sorted({call["part"].get("tool", "?") for call in result.tool_calls if "part" in call})
-        if result
-        else []
-    )
+    tools = sorted(set(result.tools)) if result else []
     counts = f"({board.finished}/{board.total})"
     text = Text()
     if outcome.ok:

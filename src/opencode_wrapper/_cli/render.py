@@ -137,7 +137,7 @@ def usage_record(usage: TokenUsage) -> dict[str, int]:
 
 
 def tools_used(result: RunResult) -> list[str]:
-    return [str(call["part"].get("tool")) for call in result.tool_calls if isinstance(call.get("part"), dict)]
+    return list(result.tools)
 
 
 def result_record(result: RunResult, elapsed_s: float) -> dict[str, Any]:
