@@ -7,16 +7,21 @@ the processing of the whole models.dev catalog (~225 providers, ~8,300 models). 
 
 Everything here was measured with ``benchmarks/lean_profile.py`` (8 concurrent sessions, each in
 its own fresh git directory, one ``bash`` call plus an answer each, offline model, 2 cores, a
-busy shared machine): see ``benchmarks/LEAN_README_SECTION.md`` for the table. Numbers in the
-comments are medians of the per-round ratio against the default configuration ("x0.40 CPU" =
-the server used 40% of the CPU time).
+busy shared machine, 3 interleaved rounds); ``benchmarks/LEAN_README_SECTION.md`` has the
+tables. The numbers below are medians of per-round ratios of the server's CPU time (and wall
+time) for the 8 sessions. "Alone" compares one knob with the default configuration (29.2 CPU-s,
+where everything but the catalog is lost in the noise); "in lean" compares the whole profile
+(6.8 CPU-s) with the profile minus that one knob. All together: x0.26 CPU, x0.35 wall, peak RSS
+of the server 2.3 GB -> 0.86 GB; with 16 directories x0.21 CPU, x0.19 wall, 3.1 GB -> 1.0 GB.
 
-Use it with :func:`lean_run_config`; the caller's own settings always win::
+Use it through :func:`lean_run_config`; the caller's own settings always win::
 
     cfg = lean_run_config(RunConfig(model="offline/scripted", config_overrides=...))
 
 The profile is server-global config (it becomes ``OPENCODE_CONFIG_CONTENT`` and environment
 variables), so lean and non-lean tasks never share a server (``RunConfig.server_key`` differs).
+A headless agent keeps everything it uses: the tools (bash, read, edit, write, grep, ...),
+permissions, the project's ``opencode.json``/``AGENTS.md``, MCP servers and answers.
 """
 
 from __future__ import annotations
@@ -40,30 +45,35 @@ from opencode_wrapper.config import RunConfig, _deep_merge, split_model
 LEAN_CONFIG: dict[str, Any] = {
     # Snapshots: opencode keeps a private git repository per worktree (under
     # $XDG_DATA_HOME/opencode/snapshot/) and runs `git add`/`write-tree`/`diff` around every model
-    # step. Measured: TBD. You lose: undo/redo of file changes (`POST /session/{id}/revert`,
-    # the TUI's /undo), the per-message file diffs (`session.diff` events and `GET
-    # /session/{id}/diff` are empty) and the `snapshot` hashes on step parts. Your own git
-    # repository is untouched either way.
+    # step. Measured: alone x1.00 (hidden by the catalog cost); in lean, snapshots back on cost
+    # x1.57 CPU / x1.29 wall, about 0.5 CPU-s per directory. You lose: undo/redo of file changes
+    # (`POST /session/{id}/revert`, the TUI's /undo), the per-message file diffs (`session.diff`
+    # events and `GET /session/{id}/diff` are empty) and the `snapshot` hashes on step parts.
+    # Your own git repository is untouched either way.
     "snapshot": False,
     # Title generation: the first prompt of every session forks an extra LLM request ("Generate a
     # title for this conversation") to the provider's small model (e.g. a Haiku-class model).
-    # Measured: 1 fewer LLM request per session (title/t 1.00 -> 0.00); CPU TBD. It runs beside
-    # the turn, so it saves tokens and rate limit more than wall time. You lose: sessions keep
-    # the title "New session - <timestamp>" (or the one you pass to `POST /session`).
+    # Measured: 1 LLM request fewer per session (1.00 -> 0.00); alone x0.87 CPU (noise level);
+    # in lean, titles back on cost x1.04 CPU. It runs beside the turn, so with a real provider it
+    # saves tokens, money and rate limit more than wall time. You lose: sessions keep the title
+    # "New session - <timestamp>" (in server mode, `POST /session {"title": ...}` has the same
+    # effect per session).
     "agent": {"title": {"disable": True}},
 }
 
 #: Environment variables of the lean profile (the caller's ``extra_env`` wins).
 LEAN_ENV: dict[str, str] = {
-    # models.dev refresh: every server start (and every 60 minutes) downloads
-    # https://models.opencode.ai/api.json (~1 MB) in the background. Per server, not per
-    # directory: no per-directory saving measurable here (the sandbox has no route to it, so the
-    # fetch fails at once). You lose: models released after opencode 1.18.33 was built are
-    # unknown unless declared in your config (the catalog bundled in the binary is used).
+    # models.dev refresh: every server start (and then every 60 minutes) downloads
+    # https://models.opencode.ai/api.json (~1 MB) in the background. Measured: alone x1.05
+    # (noise); in lean, the refresh back on costs x1.13 CPU (here the fetch fails: there is no
+    # route out, and it is retried). You lose: models released after opencode 1.18.33 was built
+    # stay unknown unless declared in your config (the catalog bundled in the binary is used).
     "OPENCODE_DISABLE_MODELS_FETCH": "1",
-    # File watcher: an inotify watcher per directory (plus one on .git) that publishes
-    # `file.watcher.updated` events for changes made outside opencode. Measured: TBD. You lose:
-    # those events; a headless agent's own edits are tracked without it.
+    # File watcher: a watcher per directory (on its .git) that publishes
+    # `file.watcher.updated`/`vcs` events for changes made outside opencode. Measured: alone
+    # x1.02 (noise); in lean, the watcher back on costs x1.18 CPU / x1.45 wall. You lose: those
+    # events (e.g. a branch switch made by someone else is not noticed); a headless agent's own
+    # edits are tracked without it.
     "OPENCODE_EXPERIMENTAL_DISABLE_FILEWATCHER": "1",
 }
 
@@ -99,7 +109,11 @@ def empty_models_catalog() -> Path:
     """A file holding an empty models.dev catalog (``{}``), private to this process.
 
     With ``OPENCODE_MODELS_PATH`` pointing here, opencode knows only the providers and models
-    declared in its config. Measured: the biggest single per-directory saving (TBD).
+    declared in its config. Measured: the biggest single per-directory cost: alone x0.41 CPU,
+    x0.42 wall, peak RSS 2.3 GB -> 1.1 GB for 8 directories (every instance builds opencode's
+    provider/model state from the ~8,300-model catalog and runs ~45 built-in catalog plugins).
+    You lose: every model not declared in your config (built-in providers such as ``anthropic``
+    are unknown), so :func:`lean_run_config` uses it only when the model is declared.
     """
     return _private_catalog_file("models-empty.json", {})
 
@@ -118,6 +132,8 @@ def trimmed_models_catalog(
 
     Returns ``None`` (use the full catalog) when the cache file is missing or unreadable, or
     lacks one of the providers: opencode then falls back to the catalog bundled in its binary.
+    Not measured here (this machine has no cache); one provider is a few dozen models instead
+    of ~8,300, so it should come close to the empty catalog. You lose: models of other providers.
     """
     path = Path(source) if source is not None else models_cache_file()
     wanted = sorted(set(provider_ids))
@@ -196,8 +212,11 @@ def seed_plugin_dependencies(config_dir: str | os.PathLike[str], version: str = 
     private ``$XDG_CONFIG_HOME/opencode`` the wrapper creates for every process) and, when
     ``node_modules`` is missing, runs an npm install of ``@opencode-ai/plugin`` (27 packages from
     the registry) under a cross-process file lock; until the first install finishes, every new
-    directory queues another one. Measured: TBD. Writing the ``package.json``,
-    ``package-lock.json`` and ``node_modules/`` that opencode checks for makes the check pass.
+    directory queues another one. Measured (the benchmark seeds every variant but one): an
+    unseeded server costs x1.27 CPU / x1.70 wall for the same 8 sessions, and downloads from
+    the registry. Writing the ``package.json``, ``package-lock.json`` and ``node_modules/`` that
+    opencode checks for makes the check pass. Not applied by :func:`lean_run_config` (it is a
+    file, not a setting): call it on the config directory before starting opencode.
 
     You lose: TypeScript plugins or custom tools placed in *that* config directory cannot
     import ``@opencode-ai/plugin`` (the wrapper's private config directory has none). Returns
