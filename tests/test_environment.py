@@ -279,7 +279,7 @@ def test_every_created_dir_is_0700_and_every_file_0600(base_env: dict[str, str],
                 if not path.is_symlink():
                     seen_files += 1
                     assert _mode(path) == 0o600, path
-        assert seen_files == 2  # the two sanitized config copies
+        assert seen_files == 4  # the two sanitized config copies + the seeded package.json and lock
     finally:
         prepared.cleanup()
 
@@ -320,3 +320,21 @@ def test_a_failure_half_way_removes_what_was_created(
     with pytest.raises(RuntimeError, match="disk full"):
         prepare_environment(RunConfig(), cwd="/ws", base=base_env)
     assert list(private_tmp.iterdir()) == []
+
+
+def test_private_config_dir_is_seeded_so_opencode_installs_no_plugin_sdk(base_env: dict[str, str]) -> None:
+    prepared = prepare_environment(RunConfig(), cwd="/ws", base=base_env)
+    try:
+        config_dir = Path(prepared.env["XDG_CONFIG_HOME"]) / "opencode"
+        assert (config_dir / "node_modules").is_dir()
+        assert "@opencode-ai/plugin" in (config_dir / "package.json").read_text(encoding="utf-8")
+    finally:
+        prepared.cleanup()
+
+
+def test_inherited_user_config_dir_is_never_seeded(home: Path, base_env: dict[str, str]) -> None:
+    prepared = prepare_environment(RunConfig(inherit_user_config=True), cwd="/ws", base=base_env)
+    try:
+        assert not (home / ".config" / "opencode" / "package.json").exists()
+    finally:
+        prepared.cleanup()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opencode_wrapper._jsonc import loads_jsonc
+from opencode_wrapper._lean import seed_plugin_dependencies
 from opencode_wrapper.config import RunConfig, sanitize_user_config_json
 from opencode_wrapper.errors import OpenCodeConfigError
 
@@ -158,6 +159,9 @@ def _isolate_user_config(env: dict[str, str], source_env: Mapping[str, str], roo
         folder.mkdir(mode=0o700, exist_ok=True)
     _sanitize_and_copy(real_config_dir, root / "xdg" / "opencode")
     _sanitize_and_copy(home / ".opencode", root / "home" / ".opencode")
+    # The private config dir holds no plugins, so opencode's install of its plugin SDK there
+    # (an npm download on every start of every process) buys nothing; see the function.
+    seed_plugin_dependencies(root / "xdg" / "opencode")
     env["XDG_CONFIG_HOME"] = str(root / "xdg")
     env["OPENCODE_TEST_HOME"] = str(root / "home")
 

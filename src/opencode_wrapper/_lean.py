@@ -215,8 +215,9 @@ def seed_plugin_dependencies(config_dir: str | os.PathLike[str], version: str = 
     directory queues another one. Measured (the benchmark seeds every variant but one): an
     unseeded server costs x1.27 CPU / x1.70 wall for the same 8 sessions, and downloads from
     the registry. Writing the ``package.json``, ``package-lock.json`` and ``node_modules/`` that
-    opencode checks for makes the check pass. Not applied by :func:`lean_run_config` (it is a
-    file, not a setting): call it on the config directory before starting opencode.
+    opencode checks for makes the check pass. The wrapper does this to its own private config
+    directory whenever it isolates the user's config (the default); call it yourself for a
+    config directory you hand to opencode.
 
     You lose: TypeScript plugins or custom tools placed in *that* config directory cannot
     import ``@opencode-ai/plugin`` (the wrapper's private config directory has none). Returns
@@ -228,13 +229,16 @@ def seed_plugin_dependencies(config_dir: str | os.PathLike[str], version: str = 
         return False
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     deps = {PLUGIN_SDK_PACKAGE: version}
-    (root / "package.json").write_text(json.dumps({"dependencies": deps}, indent=2) + "\n", encoding="utf-8")
+    manifest = {"dependencies": deps}
     lock = {
         "name": "opencode",
         "lockfileVersion": 3,
         "requires": True,
         "packages": {"": {"dependencies": deps}},
     }
-    (root / "package-lock.json").write_text(json.dumps(lock, indent=2) + "\n", encoding="utf-8")
-    (root / "node_modules").mkdir()
+    for name, content in (("package.json", manifest), ("package-lock.json", lock)):
+        path = root / name
+        path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        path.chmod(0o600)
+    (root / "node_modules").mkdir(mode=0o700)
     return True
