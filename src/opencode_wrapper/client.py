@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opencode_wrapper._aio import finish
@@ -92,6 +92,30 @@ def build_argv(
     if prompt_in_argv and prompt:
         cmd.append(prompt)
     return cmd
+
+
+async def _wait(awaitable: Awaitable[_T], timeout: float | None) -> _T:
+    """``asyncio.wait_for`` without its flaw before Python 3.12.
+
+    There, a cancellation that arrives just as the awaitable finishes is swallowed: ``wait_for``
+    returns the result and the cancelled caller carries on (a cancelled ``async_stream`` consumer
+    would keep reading the run). Here the cancellation always wins. On timeout the awaitable is
+    cancelled and awaited, then ``asyncio.TimeoutError`` is raised, as ``wait_for`` does.
+    """
+    if timeout is None:
+        return await awaitable
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    if not done:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise asyncio.TimeoutError
+    return task.result()
 
 
 class _Recorder:
@@ -226,7 +250,7 @@ class AsyncOpenCodeClient:
                 try:
                     if remaining is not None and remaining <= 0:
                         raise asyncio.TimeoutError
-                    event = await asyncio.wait_for(stream.__anext__(), remaining)
+                    event = await _wait(stream.__anext__(), remaining)
                 except StopAsyncIteration:
                     break
                 except asyncio.TimeoutError:
@@ -310,7 +334,7 @@ class AsyncOpenCodeClient:
             if timeout is None:
                 return await attempts()
             try:
-                return await asyncio.wait_for(attempts(), timeout)
+                return await _wait(attempts(), timeout)
             except asyncio.TimeoutError:
                 raise self._timeout_error(recorder, timeout) from None
         finally:
