@@ -207,6 +207,12 @@ def isolated_env(root: Path, config: Mapping[str, Any] | None = None) -> dict[st
         path.mkdir(parents=True, exist_ok=True)
         env[f"XDG_{name}_HOME"] = str(path)
     env["OPENCODE_DISABLE_AUTOUPDATE"] = "1"
+    if os.environ.get("BENCH_UNSEEDED_BARE") != "1":
+        # A returning user's config dir already has the plugin SDK that opencode npm-installs
+        # into a new one (tens of seconds): the bare baseline does not pay that either.
+        from opencode_wrapper._lean import seed_plugin_dependencies
+
+        seed_plugin_dependencies(root / "xdg" / "config" / "opencode")
     if config is not None:
         env["OPENCODE_CONFIG_CONTENT"] = json.dumps(config)
     return env

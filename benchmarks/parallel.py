@@ -15,7 +15,10 @@ Ways (each a separate child process, a "driver", so nothing mixes):
 * ``many``: ``run_many(tasks, run_cfg=...)`` with defaults; ``many-lean``: with ``lean=True``;
 * ``bare``: one ``opencode serve`` started by hand (private XDG dirs, ``OPENCODE_CONFIG_CONTENT``,
   basic auth) and N concurrent sessions over plain httpx (``POST /session`` + sync
-  ``POST /session/{id}/message``): the naive limit.
+  ``POST /session/{id}/message``): the naive limit. Its config dir already holds the plugin SDK
+  opencode would otherwise npm-install into a new one, as a returning user's does
+  (``BENCH_UNSEEDED_BARE=1`` measures it without: 16 tasks in one workspace took 33.0 s instead
+  of 21.3 s).
 
 One offline model process (``OfflineModelProcess``) serves every way; its own CPU and memory are
 not counted. For each way it measures, from this (parent) process:

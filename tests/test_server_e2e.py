@@ -22,7 +22,7 @@ import httpx
 import psutil
 import pytest
 
-from opencode_wrapper import OpenCodeServerError, RunConfig
+from opencode_wrapper import OpenCodeConfigError, OpenCodeServerError, RunConfig
 from opencode_wrapper._transport import ServerHTTPError
 from opencode_wrapper.server import OpenCodeServer
 from opencode_wrapper.testing import OfflineModelServer
@@ -250,3 +250,38 @@ async def test_config_errors_come_before_any_process(opencode_binary: str, tmp_p
     with pytest.raises(OpenCodeConfigError):
         OpenCodeServer.attach("not a url")
     assert {p.pid for p in psutil.Process().children(recursive=True)} == before
+
+
+async def test_a_titled_session_and_a_one_shot_run_cost_no_title_request(
+    model: OfflineModelServer, opencode_binary: str, workspace: Path
+) -> None:
+    def title_requests(session_id: str | None) -> list[Any]:
+        return [
+            r for r in model.requests if r.is_title_request and r.headers.get("x-session-id") == session_id
+        ]
+
+    async with OpenCodeServer(binary=opencode_binary, run_cfg=model.run_config(), cwd=workspace) as server:
+        one_shot = await server.run("[[say: one shot]]", workspace)
+        async with server.session(workspace, title="Nightly triage") as titled:
+            assert (await titled.send("[[say: titled]]")).ok
+            info = await server._request(
+                "GET", f"/session/{titled.session_id}", params={"directory": str(workspace)}
+            )
+            assert info["title"] == "Nightly triage"
+        # The control: an untitled session does ask the model for a title. Its request comes
+        # after the other two prompts started, so theirs would have come by then too.
+        async with server.session(workspace) as untitled:
+            assert (await untitled.send("[[say: untitled]]")).ok
+            deadline = time.monotonic() + 60
+            while not title_requests(untitled.session_id) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert title_requests(untitled.session_id), "the control session never asked for a title"
+    assert one_shot.ok and one_shot.session_id
+    assert title_requests(one_shot.session_id) == [] and title_requests(titled.session_id) == []
+
+
+def test_a_blank_title_is_refused_before_anything_starts(opencode_binary: str, workspace: Path) -> None:
+    server = OpenCodeServer(binary=opencode_binary)
+    with pytest.raises(OpenCodeConfigError, match="title must be a non-empty string"):
+        server.session(workspace, title="  ")
+    assert server.pid is None

@@ -27,3 +27,27 @@ async def finish(awaitable: Awaitable[_T]) -> _T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+async def wait_within(awaitable: Awaitable[_T], timeout: float | None) -> _T:
+    """``asyncio.wait_for`` without its flaw before Python 3.12.
+
+    There, a cancellation that arrives just as the awaitable finishes is swallowed: ``wait_for``
+    returns the result and the cancelled caller carries on (a cancelled ``async_stream`` consumer
+    would keep reading the run). Here the cancellation always wins. On timeout the awaitable is
+    cancelled and awaited, then ``asyncio.TimeoutError`` is raised, as ``wait_for`` does.
+    """
+    if timeout is None:
+        return await awaitable
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    if not done:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise asyncio.TimeoutError
+    return task.result()

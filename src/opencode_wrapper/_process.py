@@ -15,6 +15,8 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
+from opencode_wrapper._aio import wait_within
+
 _REAPER = str(Path(__file__).with_name("_reaper.py"))
 _READ_CHUNK = 1 << 16
 # opencode (Bun) drops what it has not yet written to a full stdout pipe when it exits: with the
@@ -130,7 +132,7 @@ class OwnedProcess:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(asyncio.shield(self._proc.wait()), grace_s)
+                await wait_within(asyncio.shield(self._proc.wait()), grace_s)
             except asyncio.TimeoutError:
                 # The supervisor itself is stuck: kill its process group as a last resort.
                 with contextlib.suppress(ProcessLookupError, PermissionError):

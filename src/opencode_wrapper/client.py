@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opencode_wrapper._aio import finish
+from opencode_wrapper._aio import finish, wait_within
 from opencode_wrapper._binary import check_version, resolve_binary
 from opencode_wrapper._environment import build_env, prepare_environment
 from opencode_wrapper._eventlog import EventLog
@@ -92,30 +92,6 @@ def build_argv(
     if prompt_in_argv and prompt:
         cmd.append(prompt)
     return cmd
-
-
-async def _wait(awaitable: Awaitable[_T], timeout: float | None) -> _T:
-    """``asyncio.wait_for`` without its flaw before Python 3.12.
-
-    There, a cancellation that arrives just as the awaitable finishes is swallowed: ``wait_for``
-    returns the result and the cancelled caller carries on (a cancelled ``async_stream`` consumer
-    would keep reading the run). Here the cancellation always wins. On timeout the awaitable is
-    cancelled and awaited, then ``asyncio.TimeoutError`` is raised, as ``wait_for`` does.
-    """
-    if timeout is None:
-        return await awaitable
-    task = asyncio.ensure_future(awaitable)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-    except asyncio.CancelledError:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise
-    if not done:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise asyncio.TimeoutError
-    return task.result()
 
 
 class _Recorder:
@@ -250,7 +226,7 @@ class AsyncOpenCodeClient:
                 try:
                     if remaining is not None and remaining <= 0:
                         raise asyncio.TimeoutError
-                    event = await _wait(stream.__anext__(), remaining)
+                    event = await wait_within(stream.__anext__(), remaining)
                 except StopAsyncIteration:
                     break
                 except asyncio.TimeoutError:
@@ -334,7 +310,7 @@ class AsyncOpenCodeClient:
             if timeout is None:
                 return await attempts()
             try:
-                return await _wait(attempts(), timeout)
+                return await wait_within(attempts(), timeout)
             except asyncio.TimeoutError:
                 raise self._timeout_error(recorder, timeout) from None
         finally:
@@ -435,7 +411,7 @@ class AsyncOpenCodeClient:
                 recorder.exit_code = code
         if stderr_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(stderr_task, 5)
+                await wait_within(stderr_task, 5)
         remove_dirs()
 
     @staticmethod

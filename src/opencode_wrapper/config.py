@@ -24,6 +24,33 @@ PRESERVE_KEYS: frozenset[str] = frozenset({"$schema", "provider", "disabled_prov
 RESERVED_CLI_FLAGS: frozenset[str] = frozenset({"format", "m", "model", "agent", "attach", "port"})
 
 
+#: Config keys whose values are credentials (matched case-insensitively as substrings): hidden in reprs.
+_SECRET_KEY_PARTS: tuple[str, ...] = (
+    "apikey",
+    "api_key",
+    "token",
+    "secret",
+    "password",
+    "credential",
+    "authorization",
+    "headers",
+    "environment",
+)
+_HIDDEN = "***"
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every credential-like entry of its mappings replaced by ``***``."""
+    if isinstance(value, Mapping):
+        return {
+            k: _HIDDEN if any(p in str(k).lower() for p in _SECRET_KEY_PARTS) else _redacted(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
@@ -77,6 +104,19 @@ class RunConfig:
     instructions: list[str] | None = None
     config_overrides: dict[str, Any] | None = None
     cli_kwargs: dict[str, Any] | None = field(default=None)
+
+    def __repr__(self) -> str:
+        # Values of ``extra_env`` and credential-like config entries (API keys, MCP headers and
+        # environments) are hidden: configs end up in logs, tracebacks and batch outcomes.
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra_env" and isinstance(value, Mapping):
+                value = dict.fromkeys(value, _HIDDEN)
+            elif f.name in ("mcp", "config_overrides"):
+                value = _redacted(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"RunConfig({', '.join(parts)})"
 
     def build_opencode_config_dict(self) -> dict[str, Any]:
         """The config passed to opencode as ``OPENCODE_CONFIG_CONTENT``."""
@@ -258,7 +298,9 @@ def validate_config(cfg: RunConfig, *, allow_ask: bool) -> None:
         validate_permission_actions(cfg.permission, allow_ask=allow_ask)
     if cfg.extra_env is not None:
         if not isinstance(cfg.extra_env, Mapping):
-            raise OpenCodeConfigError(f"extra_env must be a dict of str -> str, got {cfg.extra_env!r}")
+            raise OpenCodeConfigError(
+                f"extra_env must be a dict of str -> str, got a {type(cfg.extra_env).__name__}"
+            )
         for key, value in cfg.extra_env.items():
             if (
                 not isinstance(key, str)

@@ -20,7 +20,7 @@ from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opencode_wrapper._aio import finish
+from opencode_wrapper._aio import finish, wait_within
 from opencode_wrapper._binary import check_version, resolve_binary
 from opencode_wrapper._callbacks import PermissionCallback, QuestionCallback
 from opencode_wrapper._environment import PreparedEnvironment, prepare_environment
@@ -55,6 +55,9 @@ _DISPOSE_TIMEOUT_S = 5.0
 _END_GRACE_S = 5.0
 
 
+_ONE_SHOT_TITLE = "opencode-wrapper one-shot run"
+
+
 class _Subscription:
     """The events of one session (and its sub-agent sessions), for one consumer."""
 
@@ -84,7 +87,7 @@ class _Subscription:
                 raise self._failure
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+                await wait_within(self._ready.wait(), timeout_s)
             except asyncio.TimeoutError:
                 return None
         return self._items.popleft()
@@ -258,7 +261,11 @@ class OpenCodeServer:
         env["OPENCODE_SERVER_PASSWORD"] = self._password
         env["OPENCODE_SERVER_USERNAME"] = self._username
         proc = await OwnedProcess.start(
-            [binary, "serve", "--hostname", "127.0.0.1", "--port", "0"], cwd=cwd, env=env, stdin_data=None
+            [binary, "serve", "--hostname", "127.0.0.1", "--port", "0"],
+            cwd=cwd,
+            env=env,
+            stdin_data=None,
+            cleanup_dirs=self._prepared.temp_dirs,
         )
         self._proc = proc
         loop = asyncio.get_running_loop()
@@ -332,6 +339,7 @@ class OpenCodeServer:
         session_id: str | None = None,
         callback_timeout_s: float | None = DEFAULT_CALLBACK_TIMEOUT_S,
         delete_on_exit: bool | None = None,
+        title: str | None = None,
     ) -> OpenCodeSession:
         """A session on this server in ``workspace``, to use as ``async with server.session(ws) as s``.
 
@@ -362,6 +370,7 @@ class OpenCodeServer:
             session_id=session_id,
             callback_timeout_s=callback_timeout_s,
             delete_on_exit=delete_on_exit,
+            title=title,
             _server=self,
         )
 
@@ -390,6 +399,9 @@ class OpenCodeServer:
             timeout_s=timeout_s,
             log_file=log_file,
             log_exclude_types=log_exclude_types,
+            # The session is deleted right after: a generated title would be a model request
+            # nobody sees.
+            title=_ONE_SHOT_TITLE,
         ) as session:
             result = await session._send_observed(prompt, on_event)
         if result.error is not None and result.error.kind in ("api_error", "session_error"):
@@ -497,7 +509,7 @@ class OpenCodeServer:
     async def _settle_stderr(self) -> None:
         if self._stderr_done is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stderr_done.wait(), _SETTLE_S)
+                await wait_within(self._stderr_done.wait(), _SETTLE_S)
 
     async def _run_bus(self, connected: asyncio.Future[None]) -> None:
         assert self._transport is not None
@@ -519,7 +531,7 @@ class OpenCodeServer:
             if self._exited is not None:
                 # A dying process breaks the stream first; wait a moment for the exit status.
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._exited), _SETTLE_S)
+                    await wait_within(asyncio.shield(self._exited), _SETTLE_S)
                 if self._failure is not None:
                     return
                 if self._exited.done():
@@ -572,7 +584,7 @@ class OpenCodeServer:
     async def _wait_failure(self, timeout_s: float) -> OpenCodeServerError | None:
         if self._failure is None and self._failed is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._failed.wait(), timeout_s)
+                await wait_within(self._failed.wait(), timeout_s)
         return self._failure
 
     def _scrub(self, text: str) -> str:

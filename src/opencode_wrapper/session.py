@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from opencode_wrapper._aio import finish
+from opencode_wrapper._aio import finish, wait_within
 from opencode_wrapper._callbacks import (
     PermissionCallback,
     PermissionReply,
@@ -72,9 +72,11 @@ __all__ = [
 
 _UNSET: Any = object()
 
-# After an abort (timeout, cancellation, leaving a stream early), how long to let opencode
-# finish the turn so that the partial result is complete and the session idle for the next one.
-_ABORT_SETTLE_S = 5.0
+# After a timeout or a cancellation: how long, in all, the abort request plus following the turn
+# to its end may take (so the partial result is complete and the session idle for the next turn).
+# Short, because the caller is waiting: a timeout is reported within this of ``timeout_s``. A turn
+# still running after it is aborted by opencode anyway, and a next prompt queues behind it.
+_ABORT_SETTLE_S = 1.5
 _ABORT_TIMEOUT_S = 5.0
 # A session.error before our message was stored: how long our message may still take to appear
 # before the prompt counts as refused (e.g. an agent that only exists in a file opencode reads).
@@ -115,6 +117,8 @@ class OpenCodeSession:
             request rejected (``None``: wait forever, e.g. for a human).
         delete_on_exit: delete the opencode session at the end of the block (default: yes,
             unless it was resumed).
+        title: the new session's title. Without one, opencode asks the model for a title on
+            the first prompt (one more model request); ignored when resuming.
     """
 
     def __init__(
@@ -131,6 +135,7 @@ class OpenCodeSession:
         session_id: str | None = None,
         callback_timeout_s: float | None = DEFAULT_CALLBACK_TIMEOUT_S,
         delete_on_exit: bool | None = None,
+        title: str | None = None,
         _server: OpenCodeServer | None = None,
     ) -> None:
         if _server is None and client is None:
@@ -156,6 +161,9 @@ class OpenCodeSession:
         self._log_file = log_file
         self._log_exclude = check_type_names(log_exclude_types, "log_exclude_types")
         self._log: EventLog | None = None
+        if title is not None and (not isinstance(title, str) or not title.strip()):
+            raise OpenCodeConfigError(f"title must be a non-empty string or None, got {title!r}")
+        self._title = title
         self._delete_on_exit = (session_id is None) if delete_on_exit is None else bool(delete_on_exit)
         self._server: OpenCodeServer | None = _server
         self._owns_server = _server is None
@@ -217,7 +225,8 @@ class OpenCodeSession:
         server = self._require_server()
         server._check_usable()
         if self.session_id is None:
-            info = await server._request("POST", "/session", params=self._where(), json_body={})
+            body = {} if self._title is None else {"title": self._title}
+            info = await server._request("POST", "/session", params=self._where(), json_body=body)
             if not isinstance(info, dict) or not isinstance(info.get("id"), str):
                 raise OpenCodeServerError(
                     exit_code=None, stderr="", message=f"unexpected POST /session answer {info!r}"
@@ -362,10 +371,10 @@ class OpenCodeSession:
             self._active.request_abort()
         await self._post_abort()
 
-    async def _post_abort(self) -> None:
+    async def _post_abort(self, timeout_s: float = _ABORT_TIMEOUT_S) -> None:
         server = self._require_server()
         await server._request(
-            "POST", f"/session/{self.session_id}/abort", params=self._where(), timeout_s=_ABORT_TIMEOUT_S
+            "POST", f"/session/{self.session_id}/abort", params=self._where(), timeout_s=timeout_s
         )
 
     # ------------------------------------------------------------------ internals
@@ -658,11 +667,12 @@ class _Turn:
     async def _abort_and_settle(self, sub: _Subscription) -> None:
         """Abort the turn and follow it to its end (bounded), so the session is idle afterwards."""
         self.request_abort()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _ABORT_SETTLE_S
         with contextlib.suppress(OpenCodeError):
-            await self.session._post_abort()
-            loop = asyncio.get_running_loop()
+            await self.session._post_abort(timeout_s=_ABORT_SETTLE_S)
             with contextlib.suppress(_Deadline):
-                await self._follow(sub, loop.time() + _ABORT_SETTLE_S)
+                await self._follow(sub, deadline)
 
     # ------------------------------------------------------------------ requests
 
@@ -688,7 +698,7 @@ class _Turn:
         """Call a callback with the deadline; ``(value, None)`` or ``(None, why it failed)``."""
         timeout = self.session._callback_timeout_s
         try:
-            return await asyncio.wait_for(callback(request), timeout), None
+            return await wait_within(callback(request), timeout), None
         except asyncio.TimeoutError:
             return None, f"{name} did not answer within callback_timeout_s={timeout!r}"
         except Exception as exc:
