@@ -9,7 +9,7 @@ OPENCODE_PREFIX := .opencode/$(OPENCODE_VERSION)
 OPENCODE := $(OPENCODE_PREFIX)/node_modules/.bin/opencode
 export OPENCODE_BINARY := $(abspath $(OPENCODE))
 
-.PHONY: setup demo test lint typecheck unit e2e clean
+.PHONY: setup demo test reliability lint typecheck unit e2e clean
 
 setup: $(VENV)/.installed $(OPENCODE)
 
@@ -34,6 +34,11 @@ typecheck: $(VENV)/.installed
 
 test: setup lint typecheck
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+# The reliability suite at the issue's counts (50 cancellations, 32+32 parallel runs, 500-turn soak),
+# then its figures as Markdown. `make test` runs the same suite at a short scale.
+reliability: setup
+	$(BIN)/python benchmarks/reliability_report.py --scale full
 
 clean:
 	rm -rf $(VENV) .opencode .pytest_cache .mypy_cache .ruff_cache
