@@ -4,6 +4,7 @@ Everything public is importable from here; the ``_``-prefixed modules are privat
 """
 
 from opencode_wrapper._binary import OPENCODE_VERSION, install_opencode
+from opencode_wrapper._lean import LEAN_CONFIG, LEAN_ENV, lean_run_config, seed_plugin_dependencies
 from opencode_wrapper._transport import ServerHTTPError
 from opencode_wrapper.batch import Budget, Progress, Task, TaskOutcome, iter_run_many, run_many
 from opencode_wrapper.client import AsyncOpenCodeClient, build_argv, build_env, resolve_binary
@@ -57,6 +58,8 @@ __version__ = "0.4.0"
 
 __all__ = [
     "DEFAULT_CALLBACK_TIMEOUT_S",
+    "LEAN_CONFIG",
+    "LEAN_ENV",
     "OPENCODE_VERSION",
     "AsyncOpenCodeClient",
     "Budget",
@@ -73,7 +76,9 @@ __all__ = [
     "TurnStream",
     "aggregate_server_result",
     "iter_run_many",
+    "lean_run_config",
     "run_many",
+    "seed_plugin_dependencies",
     "DiagnosticEvent",
     "ErrorEvent",
     "Event",
