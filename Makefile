@@ -38,7 +38,7 @@ test: setup lint typecheck
 # The reliability suite at the issue's counts (50 cancellations, 32+32 parallel runs, 500-turn soak),
 # then its figures as Markdown. `make test` runs the same suite at a short scale.
 reliability: setup
-	$(BIN)/python benchmarks/reliability_report.py --scale full
+	$(BIN)/python benchmarks/reliability_report.py --scale full -n 2
 
 clean:
 	rm -rf $(VENV) .opencode .pytest_cache .mypy_cache .ruff_cache

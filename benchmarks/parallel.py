@@ -324,12 +324,17 @@ def print_table(workload: str, rows: dict[str, Row]) -> list[str]:
 
 def targets(results: dict[str, dict[str, Row]]) -> list[str]:
     own, shared = results.get("own", {}), results.get("shared", {})
-    checks: list[tuple[str, float | None, float]] = [
-        ("one workspace: many >= 8x faster than seed", _speedup(shared, "many", "seed"), 8.0),
-        ("own workspaces: many >= 4x faster than seed", _speedup(own, "many", "seed"), 4.0),
+    # The (c) is run_many "with defaults and with the lean profile": both are checked.
+    checks: list[tuple[str, float | None, float]] = []
+    for way in ("many", "many-lean"):
+        checks += [
+            (f"one workspace: {way} >= 8x faster than seed", _speedup(shared, way, "seed"), 8.0),
+            (f"own workspaces: {way} >= 4x faster than seed", _speedup(own, way, "seed"), 4.0),
+            (f"own workspaces: memory of {way} >= 4x lower than seed", _mem_lower(own, way, "seed"), 4.0),
+            (f"one workspace: memory of {way} >= 4x lower than seed", _mem_lower(shared, way, "seed"), 4.0),
+        ]
+    checks += [
         ("own workspaces: many-lean >= 1.3x faster than bare", _speedup(own, "many-lean", "bare"), 1.3),
-        ("own workspaces: peak memory of many >= 4x lower than seed", _mem_lower(own, "many", "seed"), 4.0),
-        ("one workspace: peak memory of many >= 4x lower than seed", _mem_lower(shared, "many", "seed"), 4.0),
         ("own workspaces: run no slower than seed", _speedup(own, "run", "seed"), 1.0),
         ("one workspace: run no slower than seed", _speedup(shared, "run", "seed"), 1.0),
     ]
