@@ -6,10 +6,12 @@ scripted stdout/stderr/exit actions, so these tests see exactly what the client 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
 import os
+import re
 import signal
 import stat
 from collections.abc import AsyncIterator
@@ -733,3 +735,53 @@ async def test_stream_timeout_ends_the_process(
     assert error.result is not None and len(error.result.events) == 1
     assert error.result.error is not None and error.result.error.kind == "timeout"
     assert not pid_alive(fake.calls()[0]["pid"])
+
+
+# ----------------------------------------------------------------------------- shared data dirs
+
+
+async def _until(probe: Any, timeout_s: float = 30.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not (value := probe()) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def test_runs_sharing_a_data_dir_take_turns_and_private_runs_do_not_wait(
+    fake: FakeOpenCode, workspace: Path, tmp_path: Path
+) -> None:
+    fake.script(*[[hang()] for _ in range(6)])
+    client = AsyncOpenCodeClient(fake.path, startup_delay_s=0, shared_data_concurrency=2)
+    shared = tmp_path / "shared-data"
+    runs = [
+        asyncio.ensure_future(client.async_run(PROMPT, workspace, data_home=shared, timeout_s=60))
+        for _ in range(4)
+    ]
+    try:
+        assert await _until(lambda: len(fake.calls()) == 2)
+        slot = client._shared_data_slots[os.path.realpath(shared)]
+        assert slot.locked(), "both slots are taken; the other two runs wait before spawning"
+        private = asyncio.ensure_future(client.async_run(PROMPT, workspace, timeout_s=60))
+        assert await _until(lambda: len(fake.calls()) == 3), "a private run does not queue"
+        assert "shared-data" not in fake.calls()[-1]["env"]["XDG_DATA_HOME"]
+        first = next(
+            i for i, call in enumerate(fake.calls()) if "shared-data" in call["env"]["XDG_DATA_HOME"]
+        )
+        runs[first].cancel()  # calls and runs start in the same order: the semaphore is fair
+        assert await _until(lambda: len(fake.calls()) == 4), "a freed slot lets the next shared run start"
+        private.cancel()
+        await asyncio.gather(private, return_exceptions=True)
+    finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+    assert all(not pid_alive(call["pid"]) for call in fake.calls())
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None])
+def test_shared_data_concurrency_must_be_a_positive_integer(fake: FakeOpenCode, bad: Any) -> None:
+    expected = f"shared_data_concurrency must be an integer >= 1, got {re.escape(repr(bad))}"
+    with pytest.raises(OpenCodeConfigError, match=expected):
+        AsyncOpenCodeClient(fake.path, shared_data_concurrency=bad)
+    assert fake.calls() == []

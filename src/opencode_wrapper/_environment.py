@@ -104,7 +104,7 @@ def prepare_environment(
     try:
         if data_home is not None or private_data:
             if data_home is not None:
-                target = _check_data_home(data_home)
+                target = check_data_home(data_home)
                 target.mkdir(parents=True, exist_ok=True, mode=0o700)
             else:
                 target = Path(tempfile.mkdtemp(prefix=f"{prefix}data_"))
@@ -121,7 +121,7 @@ def prepare_environment(
     return prepared
 
 
-def _check_data_home(data_home: object) -> Path:
+def check_data_home(data_home: object) -> Path:
     """``data_home`` as an absolute path (opencode runs elsewhere); it must be a directory path."""
     if not isinstance(data_home, (str, os.PathLike)) or not os.fspath(data_home):
         raise OpenCodeConfigError(f"data_home must be a directory path (str or PathLike), got {data_home!r}")

@@ -68,31 +68,29 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _reap_zombies() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _end_tree(child: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the child, its process group and every descendant, until none is left."""
+    """SIGKILL the child and every descendant; return once none is left.
+
+    As a subreaper, every descendant whose parent dies becomes our child. So once we have no
+    child at all (``waitpid`` says so), no descendant is left: an exact end, without polling.
+    Each round kills what is alive (a parent may have forked just before it died) and then
+    blocks until a child is gone.
+    """
     me = os.getpid()
-    for _ in range(200):
-        targets = _descendants(me)
-        if child.poll() is None:
-            targets.append(child.pid)
-        if not targets:
+    _kill([*_descendants(me), child.pid] if child.poll() is None else _descendants(me))
+    child.wait()  # opencode first, through Popen, which keeps its exit status
+    while True:
+        _kill(_descendants(me))
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
             return
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        child.poll()
-        _reap_zombies()
-        select.select([], [], [], 0.005)
 
 
 def _owner_gone(watch_fd: int) -> bool:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from opencode_wrapper._aio import finish, wait_within
 from opencode_wrapper._binary import check_version, resolve_binary
-from opencode_wrapper._environment import build_env, prepare_environment
+from opencode_wrapper._environment import build_env, check_data_home, prepare_environment
 from opencode_wrapper._eventlog import EventLog
 from opencode_wrapper._observers import EventCallback, notify
 from opencode_wrapper._process import OwnedProcess, drain_text, iter_lines
@@ -125,6 +125,12 @@ class AsyncOpenCodeClient:
         startup_concurrency: how many opencode processes may start at the same moment.
         startup_delay_s: how long each start holds its slot (spaces out SQLite initialisation).
         isolate_db: give each run a private data dir (its own SQLite DB), removed afterwards.
+        shared_data_concurrency: how many runs of this client may use one shared data dir at
+            once (``data_home=...``, or ``isolate_db=False``); the others wait their turn, inside
+            their ``timeout_s``. opencode 1.18 fails prompts with "Failed to execute statement"
+            when many processes write to one SQLite database (upstream issue #47566; 32 at once
+            lost 27 runs here), and a run that failed after the model was called cannot be
+            retried without sending its prompt twice. Runs with private data dirs are not limited.
         warm_servers: run ``async_run`` on warm ``opencode serve`` processes instead of one
             ``opencode run`` each (much faster and leaner for many runs). The client must then be
             used as ``async with client:``, which ends the servers on exit.
@@ -139,6 +145,7 @@ class AsyncOpenCodeClient:
         startup_delay_s: float = 0.3,
         isolate_db: bool = True,
         *,
+        shared_data_concurrency: int = 4,
         warm_servers: bool = False,
         max_servers: int | None = None,
         lean: bool = False,
@@ -152,6 +159,16 @@ class AsyncOpenCodeClient:
                 f"startup_concurrency must be an integer >= 1, got {startup_concurrency!r}"
             )
         check_non_negative(startup_delay_s, "startup_delay_s")
+        if (
+            isinstance(shared_data_concurrency, bool)
+            or not isinstance(shared_data_concurrency, int)
+            or shared_data_concurrency < 1
+        ):
+            raise OpenCodeConfigError(
+                f"shared_data_concurrency must be an integer >= 1, got {shared_data_concurrency!r}"
+            )
+        self._shared_data_concurrency = shared_data_concurrency
+        self._shared_data_slots: dict[str, asyncio.Semaphore] = {}
         self.binary = os.fspath(binary)
         self._resolved_binary: str | None = None
         self._startup_sem = asyncio.Semaphore(startup_concurrency)
@@ -362,6 +379,19 @@ class AsyncOpenCodeClient:
         self.resolved_binary()
         return cfg, cwd, timeout
 
+    def _data_dir_slot(
+        self, data_home: str | os.PathLike[str] | None
+    ) -> asyncio.Semaphore | contextlib.nullcontext[None]:
+        """A turn among the runs sharing a data dir (see ``shared_data_concurrency``)."""
+        if data_home is None and self._isolate_db:
+            return contextlib.nullcontext()
+        # "" stands for the user's own data dir (isolate_db=False without data_home).
+        key = os.path.realpath(check_data_home(data_home)) if data_home is not None else ""
+        slot = self._shared_data_slots.get(key)
+        if slot is None:
+            slot = self._shared_data_slots[key] = asyncio.Semaphore(self._shared_data_concurrency)
+        return slot
+
     async def _attempt(
         self,
         prompt: str,
@@ -371,32 +401,33 @@ class AsyncOpenCodeClient:
         data_home: str | os.PathLike[str] | None,
     ) -> AsyncGenerator[Event, None]:
         """One ``opencode run``: start it, yield its events, and always end its whole tree."""
-        argv = build_argv(self.resolved_binary(), prompt, cfg)
-        prepared = prepare_environment(cfg, cwd=cwd, private_data=self._isolate_db, data_home=data_home)
-        proc: OwnedProcess | None = None
-        stderr_task: asyncio.Task[None] | None = None
-        try:
-            async with self._startup_sem:
-                proc = await OwnedProcess.start(
-                    argv,
-                    cwd=cwd,
-                    env=prepared.env,
-                    stdin_data=prompt.encode(),
-                    cleanup_dirs=prepared.temp_dirs,
-                )
-                stderr_task = asyncio.ensure_future(drain_text(proc.stderr, recorder.stderr))
-                if self._startup_delay_s > 0:
-                    await asyncio.sleep(self._startup_delay_s)
-            async for line in iter_lines(proc.stdout):
-                text = line.decode("utf-8", errors="replace")
-                event = parse_event_line(text)
-                recorder.raw_lines.append(text)
-                recorder.events.append(event)
-                yield event
-            recorder.exit_code = await proc.wait()
-            await stderr_task
-        finally:
-            await finish(self._cleanup(proc, stderr_task, prepared.cleanup, recorder))
+        async with self._data_dir_slot(data_home):
+            argv = build_argv(self.resolved_binary(), prompt, cfg)
+            prepared = prepare_environment(cfg, cwd=cwd, private_data=self._isolate_db, data_home=data_home)
+            proc: OwnedProcess | None = None
+            stderr_task: asyncio.Task[None] | None = None
+            try:
+                async with self._startup_sem:
+                    proc = await OwnedProcess.start(
+                        argv,
+                        cwd=cwd,
+                        env=prepared.env,
+                        stdin_data=prompt.encode(),
+                        cleanup_dirs=prepared.temp_dirs,
+                    )
+                    stderr_task = asyncio.ensure_future(drain_text(proc.stderr, recorder.stderr))
+                    if self._startup_delay_s > 0:
+                        await asyncio.sleep(self._startup_delay_s)
+                async for line in iter_lines(proc.stdout):
+                    text = line.decode("utf-8", errors="replace")
+                    event = parse_event_line(text)
+                    recorder.raw_lines.append(text)
+                    recorder.events.append(event)
+                    yield event
+                recorder.exit_code = await proc.wait()
+                await stderr_task
+            finally:
+                await finish(self._cleanup(proc, stderr_task, prepared.cleanup, recorder))
 
     @staticmethod
     async def _cleanup(

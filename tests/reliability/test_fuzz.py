@@ -31,6 +31,9 @@ from opencode_wrapper.events import diagnose_run, run_result_fuzzy_text
 from opencode_wrapper.server import OpenCodeServer
 from reliability._support import scaled
 
+# 5000 examples of the SSE path take minutes on a busy 2-core machine: more than pytest's default.
+pytestmark = pytest.mark.timeout(scaled(180, 1800))
+
 EXAMPLES = scaled(150, 5000)
 FUZZ = settings(
     max_examples=EXAMPLES,
