@@ -111,3 +111,18 @@ def test_owner_killed_with_sigkill_takes_the_tree_down(tmp_path: Path) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+async def test_a_start_cancelled_during_the_spawn_ends_what_it_started(tmp_path: Path) -> None:
+    # Cancelled inside the spawn, asyncio's own clean-up SIGKILLs the supervisor alone: had it
+    # started its child already, the child was orphaned (the cancellation storm found one).
+    # Whatever the moment, nothing of a cancelled start may be left.
+    for attempt in range(5):
+        marker = f"sleep 61.40{attempt}"
+        start = asyncio.ensure_future(_start(f"setsid {marker} & sleep 100", tmp_path))
+        for _ in range(attempt):
+            await asyncio.sleep(0)  # a different moment of the spawn each time
+        start.cancel()
+        outcome = (await asyncio.gather(start, return_exceptions=True))[0]
+        assert isinstance(outcome, asyncio.CancelledError), outcome
+        assert _gone(marker), f"attempt {attempt}: {marker} outlived a cancelled start"

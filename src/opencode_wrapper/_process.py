@@ -15,7 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
-from opencode_wrapper._aio import wait_within
+from opencode_wrapper._aio import finish, wait_within
 
 _REAPER = str(Path(__file__).with_name("_reaper.py"))
 _READ_CHUNK = 1 << 16
@@ -57,8 +57,8 @@ class OwnedProcess:
         """
         remove = [arg for path in cleanup_dirs for arg in ("--rm", os.fspath(path))]
         watch_r, watch_w = os.pipe()
-        try:
-            proc = await asyncio.create_subprocess_exec(
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
                 sys.executable,
                 "-I",
                 "-S",
@@ -75,6 +75,20 @@ class OwnedProcess:
                 pass_fds=(watch_r,),
                 start_new_session=True,
             )
+        )
+        # A cancellation must not cut the spawn short: asyncio's own clean-up would SIGKILL the
+        # supervisor alone, after it may have started opencode, which would then be orphaned.
+        # So the spawn always completes, and a cancelled start ends what it started.
+        cancelled = False
+        try:
+            while True:
+                try:
+                    proc = await asyncio.shield(spawn)
+                    break
+                except asyncio.CancelledError:
+                    if spawn.done():
+                        raise
+                    cancelled = True
         except BaseException:
             os.close(watch_w)
             raise
@@ -82,6 +96,9 @@ class OwnedProcess:
             os.close(watch_r)
         _widen_pipe(proc, 1)
         owned = cls(proc, watch_w)
+        if cancelled:
+            await finish(owned.end())
+            raise asyncio.CancelledError
         if stdin_data is not None:
             owned._feed_task = asyncio.ensure_future(owned._feed(stdin_data))
         return owned
