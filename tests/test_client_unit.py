@@ -518,6 +518,21 @@ async def test_sqlite_startup_crash_is_retried(
     assert all(fake.stdin_of(call) == TRICKY_PROMPT.encode() for call in calls)
 
 
+async def test_a_failed_migration_of_a_fresh_shared_database_is_retried(
+    client: AsyncOpenCodeClient, fake: FakeOpenCode, workspace: Path
+) -> None:
+    # Seen in CI: 4 runs creating one fresh shared database at once; one exited like this.
+    migration = (
+        "Error: Failed query: CREATE TABLE IF NOT EXISTS `project` (\n  `id` text PRIMARY KEY\n)\nparams: \n"
+    )
+    fake.script(
+        [err(migration), exit_with(1)], [*[out(ev) for ev in E.simple_turn("second try")], exit_with(0)]
+    )
+    result = await client.async_run(PROMPT, workspace, retry_delay_s=0)
+    assert result.ok and result.final_text == "second try"
+    assert len(fake.calls()) == 2
+
+
 async def test_no_retry_once_the_model_was_called(
     client: AsyncOpenCodeClient, fake: FakeOpenCode, workspace: Path
 ) -> None:

@@ -52,6 +52,10 @@ _SQLITE_STARTUP_PATTERNS = (
     "sqliteerror",
     "journal_mode",
     "disk i/o error",
+    # drizzle's wording for a failed SQL statement: seen when several processes create the tables
+    # of a fresh shared database at once (opencode exits 1 with "Failed query: CREATE TABLE ...").
+    "failed query:",
+    "create table",
 )
 # Signals that mean "somebody stopped this run" rather than "it crashed".
 _CANCEL_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
