@@ -102,7 +102,7 @@ async def _soak(
 async def test_soak_session_turns_and_warm_runs(
     opencode_binary: str, workspace: Path, rel: Reliability
 ) -> None:
-    count = scaled(15, 500)
+    count = scaled(10, 500)
     with OfflineModelProcess() as model:
         cfg = model.run_config(config_overrides=FAST)
         left = rel.leftovers(exclude=[model.pid])
