@@ -218,6 +218,27 @@ def isolated_env(root: Path, config: Mapping[str, Any] | None = None) -> dict[st
     return env
 
 
+def announced_url(popen: subprocess.Popen[bytes], stderr_path: Path, timeout_s: float) -> str:
+    """The URL of ``opencode serve``'s ``listening on`` line (read on a thread so it can time out)."""
+    found: list[str] = []
+
+    def read() -> None:
+        assert popen.stdout is not None
+        for raw in popen.stdout:
+            match = URL_RE.search(raw.decode("utf-8", "replace"))
+            if match:
+                found.append(match.group(1))
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if not found:
+        tail = stderr_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"opencode serve printed no URL within {timeout_s:g} s; stderr tail:\n{tail}")
+    return found[0]
+
+
 # --- a bare opencode serve ---------------------------------------------------------------------------
 
 
@@ -252,24 +273,12 @@ class BareServe:
             stderr=self._stderr,
             start_new_session=True,
         )
-        found: list[str] = []
-
-        def read() -> None:
-            assert self.popen is not None and self.popen.stdout is not None
-            for raw in self.popen.stdout:
-                match = URL_RE.search(raw.decode("utf-8", "replace"))
-                if match:
-                    found.append(match.group(1))
-                    return
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(timeout_s)
-        if not found:
-            tail = (self.root / "serve.stderr").read_text(errors="replace")[-2000:]
+        try:
+            url = announced_url(self.popen, self.root / "serve.stderr", timeout_s)
+        except RuntimeError:
             self.stop()
-            raise RuntimeError(f"opencode serve printed no URL within {timeout_s:g} s; stderr:\n{tail}")
-        self.url = found[0].rstrip("/")
+            raise
+        self.url = url.rstrip("/")
         return self.url
 
     def stop(self) -> None:

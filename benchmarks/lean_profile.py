@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -50,6 +49,7 @@ from typing import Any
 
 import httpx
 import psutil
+from _measure import announced_url
 
 from opencode_wrapper._binary import OPENCODE_VERSION
 from opencode_wrapper._lean import lean_run_config, seed_plugin_dependencies
@@ -61,7 +61,6 @@ DEFAULT_BINARY = REPO_ROOT / ".opencode" / OPENCODE_VERSION / "node_modules" / "
 PROMPT = "[[bash: echo hi]]"
 #: The offline model's answer after the bash tool result: "Tool results: bash: hi".
 EXPECTED_ANSWER = "bash: hi"
-URL_RE = re.compile(r"listening on (http://\S+)")
 USERNAME = "opencode"
 
 
@@ -343,24 +342,8 @@ class ServeProcess:
         self.seen_pids: set[int] = {self.popen.pid}
 
     def wait_for_url(self, timeout_s: float = 60.0) -> str:
-        """Read stdout until the ``listening on`` line (read on a thread so it can time out)."""
-        found: list[str] = []
-
-        def read() -> None:
-            assert self.popen.stdout is not None
-            for raw in self.popen.stdout:
-                match = URL_RE.search(raw.decode("utf-8", "replace"))
-                if match:
-                    found.append(match.group(1))
-                    return
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(timeout_s)
-        if not found:
-            tail = self.stderr_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"opencode serve printed no URL within {timeout_s} s; stderr tail:\n{tail}")
-        self.url = found[0]
+        """Read stdout until the ``listening on`` line."""
+        self.url = announced_url(self.popen, self.stderr_path, timeout_s)
         self.startup_s = time.monotonic() - self.started
         return self.url
 

@@ -9,21 +9,29 @@ from typing import TypeVar
 _T = TypeVar("_T")
 
 
-async def finish(awaitable: Awaitable[_T]) -> _T:
-    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile; then re-raise that.
+async def complete(awaitable: Awaitable[_T]) -> tuple[_T, bool]:
+    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile.
 
-    For clean-up that must not be cut short (ending processes, aborting a turn).
+    Returns the result and whether the caller was cancelled while waiting; the caller decides
+    what to do about that cancellation (see :func:`finish`).
     """
     task = asyncio.ensure_future(awaitable)
     cancelled = False
     while True:
         try:
-            result = await asyncio.shield(task)
-            break
+            return await asyncio.shield(task), cancelled
         except asyncio.CancelledError:
             if task.done():
                 raise
             cancelled = True
+
+
+async def finish(awaitable: Awaitable[_T]) -> _T:
+    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile; then re-raise that.
+
+    For clean-up that must not be cut short (ending processes, aborting a turn).
+    """
+    result, cancelled = await complete(awaitable)
     if cancelled:
         raise asyncio.CancelledError
     return result

@@ -15,7 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
-from opencode_wrapper._aio import finish, wait_within
+from opencode_wrapper._aio import complete, finish, wait_within
 
 _REAPER = str(Path(__file__).with_name("_reaper.py"))
 _READ_CHUNK = 1 << 16
@@ -57,38 +57,29 @@ class OwnedProcess:
         """
         remove = [arg for path in cleanup_dirs for arg in ("--rm", os.fspath(path))]
         watch_r, watch_w = os.pipe()
-        spawn = asyncio.ensure_future(
-            asyncio.create_subprocess_exec(
-                sys.executable,
-                "-I",
-                "-S",
-                _REAPER,
-                str(watch_r),
-                *remove,
-                "--",
-                *argv,
-                cwd=cwd,
-                env=dict(env),
-                stdin=asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=(watch_r,),
-                start_new_session=True,
-            )
-        )
         # A cancellation must not cut the spawn short: asyncio's own clean-up would SIGKILL the
         # supervisor alone, after it may have started opencode, which would then be orphaned.
         # So the spawn always completes, and a cancelled start ends what it started.
-        cancelled = False
         try:
-            while True:
-                try:
-                    proc = await asyncio.shield(spawn)
-                    break
-                except asyncio.CancelledError:
-                    if spawn.done():
-                        raise
-                    cancelled = True
+            proc, cancelled = await complete(
+                asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    _REAPER,
+                    str(watch_r),
+                    *remove,
+                    "--",
+                    *argv,
+                    cwd=cwd,
+                    env=dict(env),
+                    stdin=asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    pass_fds=(watch_r,),
+                    start_new_session=True,
+                )
+            )
         except BaseException:
             os.close(watch_w)
             raise
