@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-OPENCODE_VERSION := $(shell sed -n 's/^OPENCODE_VERSION = "\(.*\)"/\1/p' src/opencode_wrapper/_binary.py)
+OPENCODE_VERSION := $(shell sed -n 's/^OPENCODE_VERSION = "\(.*\)"/\1/p' src/opencode_wrapper/_proc/binary.py)
 OPENCODE_PREFIX := .opencode/$(OPENCODE_VERSION)
 OPENCODE := $(OPENCODE_PREFIX)/node_modules/.bin/opencode
 export OPENCODE_BINARY := $(abspath $(OPENCODE))

@@ -43,7 +43,7 @@ def default_binary() -> Path:
     env = os.environ.get("OPENCODE_BINARY")
     if env:
         return Path(env)
-    from opencode_wrapper._binary import OPENCODE_VERSION
+    from opencode_wrapper._proc.binary import OPENCODE_VERSION
 
     return REPO_ROOT / ".opencode" / OPENCODE_VERSION / "node_modules" / ".bin" / "opencode"
 

@@ -51,8 +51,8 @@ import httpx
 import psutil
 from _measure import announced_url
 
-from opencode_wrapper._binary import OPENCODE_VERSION
 from opencode_wrapper._lean import lean_run_config, seed_plugin_dependencies
+from opencode_wrapper._proc.binary import OPENCODE_VERSION
 from opencode_wrapper.config import _deep_merge
 from opencode_wrapper.testing import OfflineModelServer
 

@@ -10,7 +10,7 @@ import pytest
 from fakes.opencode import FakeOpenCode, write_script
 from opencode_wrapper import OpenCodeBinaryNotFoundError, install_opencode, resolve_binary
 from opencode_wrapper import __main__ as cli
-from opencode_wrapper._binary import (
+from opencode_wrapper._proc.binary import (
     binary_version,
     check_version,
     parse_version,

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from opencode_wrapper import OpenCodeConfigError, RunConfig, _environment, build_env
-from opencode_wrapper._environment import prepare_environment
+from opencode_wrapper import OpenCodeConfigError, RunConfig, build_env
+from opencode_wrapper._proc import environment as _environment
+from opencode_wrapper._proc.environment import prepare_environment
 
 
 def _mode(path: Path) -> int:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from opencode_wrapper import AsyncOpenCodeClient, RunConfig, ToolUseEvent
-from opencode_wrapper._environment import build_env
 from opencode_wrapper._lean import (
     LEAN_CONFIG,
     LEAN_ENV,
@@ -18,6 +17,7 @@ from opencode_wrapper._lean import (
     seed_plugin_dependencies,
     trimmed_models_catalog,
 )
+from opencode_wrapper._proc.environment import build_env
 from opencode_wrapper.config import validate_config_for_run
 from opencode_wrapper.testing import OfflineModelServer, Reply
 

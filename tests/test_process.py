@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from opencode_wrapper._process import OwnedProcess, iter_lines
+from opencode_wrapper._proc.process import OwnedProcess, iter_lines
 
 
 def _alive_with(marker: str) -> list[psutil.Process]:
@@ -90,7 +90,7 @@ def test_owner_killed_with_sigkill_takes_the_tree_down(tmp_path: Path) -> None:
     owner = textwrap.dedent(
         """
         import asyncio, os, sys
-        from opencode_wrapper._process import OwnedProcess
+        from opencode_wrapper._proc.process import OwnedProcess
         async def main():
             p = await OwnedProcess.start(["sh", "-c", "setsid sleep 61.303 & echo up; sleep 100"],
                                          cwd=os.getcwd(), env=dict(os.environ), stdin_data=None)

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from opencode_wrapper import OpenCodeConfigError, OpenCodeServerError, RunConfig
-from opencode_wrapper._transport import ServerHTTPError
+from opencode_wrapper._http import ServerHTTPError
 from opencode_wrapper.server import OpenCodeServer
 from opencode_wrapper.testing import OfflineModelServer
 
@@ -179,7 +179,7 @@ def external(
     opencode_binary: str, model: OfflineModelServer, tmp_path: Path
 ) -> Iterator[tuple[str, str, Any]]:
     """An ``opencode serve`` started by "someone else" (here: plain subprocess), with a password."""
-    from opencode_wrapper._environment import prepare_environment
+    from opencode_wrapper._proc.environment import prepare_environment
 
     password = secrets.token_urlsafe(16)
     home = tmp_path / "external"

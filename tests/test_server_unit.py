@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from opencode_wrapper import _transport
-from opencode_wrapper._transport import ServerHTTPError, Transport
+from opencode_wrapper import _http as _transport
+from opencode_wrapper._http import ServerHTTPError, Transport
 from opencode_wrapper.errors import OpenCodeServerError
 from opencode_wrapper.events import make_event
 from opencode_wrapper.server import OpenCodeServer

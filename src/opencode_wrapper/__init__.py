@@ -3,9 +3,9 @@
 Everything public is importable from here; the ``_``-prefixed modules are private.
 """
 
-from opencode_wrapper._binary import OPENCODE_VERSION, install_opencode
+from opencode_wrapper._http import ServerHTTPError
 from opencode_wrapper._lean import LEAN_CONFIG, LEAN_ENV, lean_run_config, seed_plugin_dependencies
-from opencode_wrapper._transport import ServerHTTPError
+from opencode_wrapper._proc.binary import OPENCODE_VERSION, install_opencode
 from opencode_wrapper.batch import Budget, Progress, Task, TaskOutcome, iter_run_many, run_many
 from opencode_wrapper.client import AsyncOpenCodeClient, build_argv, build_env, resolve_binary
 from opencode_wrapper.config import (

@@ -38,7 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from opencode_wrapper._binary import OPENCODE_VERSION
+from opencode_wrapper._proc.binary import OPENCODE_VERSION
 from opencode_wrapper.config import RunConfig, _deep_merge, split_model
 
 #: opencode config keys of the lean profile (deep-merged *under* the caller's ``config_overrides``).

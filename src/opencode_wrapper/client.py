@@ -10,11 +10,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opencode_wrapper._aio import finish, wait_within
-from opencode_wrapper._binary import check_version, resolve_binary
-from opencode_wrapper._environment import build_env, check_data_home, prepare_environment
 from opencode_wrapper._eventlog import EventLog
 from opencode_wrapper._observers import EventCallback, notify
-from opencode_wrapper._process import OwnedProcess, drain_text, iter_lines
+from opencode_wrapper._proc.binary import check_version, resolve_binary
+from opencode_wrapper._proc.environment import build_env, check_data_home, prepare_environment
+from opencode_wrapper._proc.process import OwnedProcess, drain_text, iter_lines
 from opencode_wrapper._validation import (
     check_non_negative,
     check_prompt,

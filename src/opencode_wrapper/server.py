@@ -21,12 +21,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opencode_wrapper._aio import finish, wait_within
-from opencode_wrapper._binary import check_version, resolve_binary
 from opencode_wrapper._callbacks import PermissionCallback, QuestionCallback
-from opencode_wrapper._environment import PreparedEnvironment, prepare_environment
+from opencode_wrapper._http import ServerHTTPError, Transport
 from opencode_wrapper._observers import EventCallback
-from opencode_wrapper._process import OwnedProcess, iter_lines
-from opencode_wrapper._transport import ServerHTTPError, Transport
+from opencode_wrapper._proc.binary import check_version, resolve_binary
+from opencode_wrapper._proc.environment import PreparedEnvironment, prepare_environment
+from opencode_wrapper._proc.process import OwnedProcess, iter_lines
 from opencode_wrapper._validation import check_timeout
 from opencode_wrapper.config import RunConfig, validate_config
 from opencode_wrapper.errors import (

@@ -37,8 +37,8 @@ from opencode_wrapper._callbacks import (
     read_permission_reply,
 )
 from opencode_wrapper._eventlog import EventLog
+from opencode_wrapper._http import ServerHTTPError
 from opencode_wrapper._observers import EventCallback, notify
-from opencode_wrapper._transport import ServerHTTPError
 from opencode_wrapper._turn import (
     StructuredSpec,
     TurnTracker,

@@ -23,7 +23,7 @@ from opencode_wrapper import (
     OpenCodeConfigError,
     RunConfig,
 )
-from opencode_wrapper._process import OwnedProcess
+from opencode_wrapper._proc.process import OwnedProcess
 from opencode_wrapper.batch import Budget, Task, run_many
 from opencode_wrapper.pool import ServerPool
 from opencode_wrapper.server import OpenCodeServer

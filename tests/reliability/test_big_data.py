@@ -124,7 +124,7 @@ async def test_opencode_stdout_pipe_is_widened(tmp_path: Path) -> None:
     import fcntl
     import os
 
-    from opencode_wrapper._process import OwnedProcess
+    from opencode_wrapper._proc.process import OwnedProcess
 
     proc = await OwnedProcess.start(["true"], cwd=str(tmp_path), env=dict(os.environ), stdin_data=None)
     try:

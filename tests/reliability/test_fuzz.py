@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opencode_wrapper import Event, OpenCodeServerError, aggregate_run_result, parse_event_line
-from opencode_wrapper._transport import Transport
+from opencode_wrapper._http import Transport
 from opencode_wrapper._turn import TurnTracker, aggregate_server_result
 from opencode_wrapper.events import diagnose_run, run_result_fuzzy_text
 from opencode_wrapper.server import OpenCodeServer

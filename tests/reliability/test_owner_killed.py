@@ -1,7 +1,7 @@
 """Our own process killed with SIGKILL while it owns runs and servers: the leftovers end themselves.
 
 What happens (and what this test shows): every opencode process we start runs under the
-supervisor ``_reaper.py``, which holds the read end of a pipe whose write end only the owning
+supervisor ``_proc/reaper.py``, which holds the read end of a pipe whose write end only the owning
 Python process has. When the owner dies, even by SIGKILL, the kernel closes the write end; the
 supervisor sees EOF at once, ends opencode and everything it started (its bash tool's
 ``sleep 60`` in its own session included: the supervisor is a child subreaper), removes the temp
@@ -98,7 +98,7 @@ def test_owner_sigkilled_while_owning_runs_and_servers(
 
 OWNER_OF_A_SLEEP = """
 import asyncio, os, sys
-from opencode_wrapper._process import OwnedProcess
+from opencode_wrapper._proc.process import OwnedProcess
 async def main():
     p = await OwnedProcess.start(["sh", "-c", "setsid %s & echo up; sleep 100"], cwd=os.getcwd(),
                                  env=dict(os.environ), stdin_data=None, cleanup_dirs=[sys.argv[1]])
@@ -112,7 +112,7 @@ def test_the_supervisor_removes_the_dirs_only_when_its_owner_died(tmp_path: Path
     """The reaper's own contract, without opencode: fast enough for every `make test`."""
     import asyncio
 
-    from opencode_wrapper._process import OwnedProcess
+    from opencode_wrapper._proc.process import OwnedProcess
 
     kept = tmp_path / "kept"
     kept.mkdir()

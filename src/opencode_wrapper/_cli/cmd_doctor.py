@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opencode_wrapper._binary import (
+from opencode_wrapper._cli.common import EXIT_FAILED, EXIT_OK, add_binary_option, run_async
+from opencode_wrapper._cli.output import Output
+from opencode_wrapper._jsonc import loads_jsonc
+from opencode_wrapper._proc.binary import (
     OPENCODE_VERSION,
     TESTED_VERSION_MAX,
     TESTED_VERSION_MIN,
     binary_version,
     resolve_binary,
 )
-from opencode_wrapper._cli.common import EXIT_FAILED, EXIT_OK, add_binary_option, run_async
-from opencode_wrapper._cli.output import Output
-from opencode_wrapper._jsonc import loads_jsonc
 from opencode_wrapper.errors import OpenCodeError
 
 DESCRIPTION = """\

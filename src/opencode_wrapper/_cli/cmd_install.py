@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from opencode_wrapper._binary import OPENCODE_VERSION, install_opencode, user_install_prefix
 from opencode_wrapper._cli.common import EXIT_OK
+from opencode_wrapper._proc.binary import OPENCODE_VERSION, install_opencode, user_install_prefix
 
 
 def register(commands: Any) -> None:

@@ -1,6 +1,6 @@
 """A tiny supervisor that owns one opencode process and everything it starts.
 
-Run as a script (``python -I -S _reaper.py WATCH_FD [--rm PATH]... -- argv...``), never imported
+Run as a script (``python -I -S reaper.py WATCH_FD [--rm PATH]... -- argv...``), never imported
 by user code.
 
 Why it exists: opencode starts its bash-tool commands in their own session, so killing

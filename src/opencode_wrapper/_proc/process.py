@@ -1,7 +1,7 @@
 """Owning a process tree: spawn opencode under the reaper, read its output, end all of it.
 
 Every opencode process this package starts goes through :class:`OwnedProcess`, which puts the
-supervisor from ``_reaper.py`` between us and opencode. Ending an ``OwnedProcess`` ends
+supervisor from ``reaper.py`` between us and opencode. Ending an ``OwnedProcess`` ends
 opencode *and* every process it started, even the ones that left its session.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from opencode_wrapper._aio import complete, finish, wait_within
 
-_REAPER = str(Path(__file__).with_name("_reaper.py"))
+_REAPER = str(Path(__file__).with_name("reaper.py"))
 _READ_CHUNK = 1 << 16
 # opencode (Bun) drops what it has not yet written to a full stdout pipe when it exits: with the
 # default 64 KiB pipe, a multi-megabyte final event line was cut short in about half of the runs

@@ -1,0 +1,1 @@
+"""Process ownership: finding opencode, its environment, and owning its process tree."""
