@@ -14,9 +14,17 @@ Without a script or rules, the prompt itself steers the model: ``[[bash: CMD]]``
 ``[[sleep: 1.5]]``, ``[[hang]]``, ``[[cut]]``; tool results are quoted back; anything else is
 echoed as ``You said: <prompt>``. See :class:`OfflineModelServer` for the order replies are chosen in.
 
+Strict mode (``OfflineModelServer(strict=True)``): a chat request that no script entry or rule
+answers gets HTTP 400 (opencode fails the run at once) and ``model.assert_complete()`` raises
+:class:`UnexpectedModelCall` naming it; it also raises :class:`UnconsumedModelSteps` for script
+entries never used. opencode's title-generation requests are always answered, strict or not.
+Fault injection: ``model.fail(500, times=1)`` / ``model.inject(Reply.cut("..."))`` answer the next
+request(s) of a route (``"chat"``, ``"title"``, ``"models"``) with a fault, then normally again.
+
 Also: :class:`OfflineModelProcess` (the same server in a child process,
-``python -m opencode_wrapper.testing``) and the pytest fixtures ``offline_model`` and
-``offline_run_config`` (registered automatically by the ``pytest11`` entry point).
+``python -m opencode_wrapper.testing``) and the pytest fixtures ``offline_model``,
+``strict_offline_model`` and ``offline_run_config`` and the marker ``offline_model(**options)``
+(registered automatically by the ``pytest11`` entry point).
 """
 
 from __future__ import annotations
@@ -25,7 +33,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from opencode_wrapper.testing._assertions import (
+        STRICT_ERROR_CODE,
+        STRICT_STATUS,
+        OfflineModelAssertionError,
+        UnconsumedModelSteps,
+        UnexpectedModelCall,
+        describe_reply,
+        describe_request,
+    )
     from opencode_wrapper.testing._config import MODEL, MODEL_ID, PROVIDER_ID, provider_config
+    from opencode_wrapper.testing._faults import (
+        FAULT_ROUTES,
+        Fault,
+        FaultRoute,
+        fault_from_json,
+        faults_from_json,
+    )
+    from opencode_wrapper.testing._handler import REPORT_PATH
     from opencode_wrapper.testing._process import OfflineModelProcess
     from opencode_wrapper.testing._replies import (
         DEFAULT_PROMPT_TOKENS,
@@ -62,12 +87,23 @@ if TYPE_CHECKING:
 # Imported on first use (PEP 562): the pytest plugin imports this package in every pytest run,
 # and the server modules pull in http.server and friends.
 _MODULES: dict[str, tuple[str, ...]] = {
+    "_assertions": (
+        "STRICT_ERROR_CODE",
+        "STRICT_STATUS",
+        "OfflineModelAssertionError",
+        "UnconsumedModelSteps",
+        "UnexpectedModelCall",
+        "describe_reply",
+        "describe_request",
+    ),
     "_config": (
         "MODEL",
         "MODEL_ID",
         "PROVIDER_ID",
         "provider_config",
     ),
+    "_faults": ("FAULT_ROUTES", "Fault", "FaultRoute", "fault_from_json", "faults_from_json"),
+    "_handler": ("REPORT_PATH",),
     "_process": ("OfflineModelProcess",),
     "_replies": (
         "DEFAULT_PROMPT_TOKENS",
@@ -131,6 +167,17 @@ __all__ = [
     "OfflineModelProcess",
     "RecordedRequest",
     "ToolResult",
+    # strict mode and assertions
+    "OfflineModelAssertionError",
+    "UnexpectedModelCall",
+    "UnconsumedModelSteps",
+    "describe_request",
+    "describe_reply",
+    # fault injection
+    "Fault",
+    "FaultRoute",
+    "fault_from_json",
+    "faults_from_json",
     # replies
     "Reply",
     "Completion",
@@ -167,4 +214,8 @@ __all__ = [
     "DEFAULT_PROMPT_TOKENS",
     "TITLE_SYSTEM_PREFIX",
     "TOOL_OUTPUT_LIMIT",
+    "STRICT_STATUS",
+    "STRICT_ERROR_CODE",
+    "FAULT_ROUTES",
+    "REPORT_PATH",
 ]

@@ -1,4 +1,5 @@
-"""``python -m opencode_wrapper.testing [--port 0] [--rules FILE.json]``: the offline model as a process.
+"""``python -m opencode_wrapper.testing [--port 0] [--rules FILE.json] [--strict]``: the offline model
+as a process.
 
 Prints exactly one line, ``offline model listening on http://127.0.0.1:PORT/v1``, then serves until
 SIGTERM or SIGINT (exit status 0). A bad rules file exits with status 2 and a message on stderr.
@@ -29,15 +30,24 @@ def main(argv: list[str] | None = None) -> int:
         "--rules",
         metavar="FILE.json",
         help='JSON list of {"match": regex, "reply": {...}} rules, or an object with "rules", '
-        '"script", "default", "title", "builtin_rules", "chunk_size"',
+        '"script", "default", "title", "builtin_rules", "chunk_size", "strict", "faults"',
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="answer chat requests that no script entry or rule answers with HTTP 400 "
+        "(GET /_offline/report lists them)",
     )
     args = parser.parse_args(argv)
     try:
         if args.rules:
             with open(args.rules, encoding="utf-8") as f:
-                server = OfflineModelServer.from_json(json.load(f), port=args.port)
+                data = json.load(f)
+            if args.strict:
+                data = {**(data if isinstance(data, dict) else {"rules": data}), "strict": True}
+            server = OfflineModelServer.from_json(data, port=args.port)
         else:
-            server = OfflineModelServer(port=args.port)
+            server = OfflineModelServer(port=args.port, strict=args.strict)
     except (OSError, ValueError, TypeError) as exc:
         print(f"offline model: cannot load rules file {args.rules!r}: {exc}", file=sys.stderr)
         return 2

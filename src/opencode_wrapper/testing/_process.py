@@ -11,11 +11,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from opencode_wrapper.errors import OpenCodeConfigError
+from opencode_wrapper.testing._assertions import raise_for_report
 from opencode_wrapper.testing._config import provider_config, run_config
+from opencode_wrapper.testing._handler import REPORT_PATH
 
 if TYPE_CHECKING:
     from opencode_wrapper.config import RunConfig
@@ -41,12 +45,15 @@ class OfflineModelProcess:
 
     The child runs ``python -m opencode_wrapper.testing``'s ``main``; :meth:`start` waits for its
     ``offline model listening on URL`` line, :meth:`stop` sends SIGTERM to its PID (SIGKILL after
-    ``stop_timeout``) and reaps it. Requests are not recorded on this side.
+    ``stop_timeout``) and reaps it. Requests are not recorded on this side; :meth:`report`,
+    :meth:`check` and :meth:`assert_complete` ask the child (``GET /_offline/report``).
 
     Example::
 
-        with OfflineModelProcess(rules=[{"match": "hello", "reply": {"text": "Hi!"}}]) as model:
+        with OfflineModelProcess(rules=[{"match": "hello", "reply": {"text": "Hi!"}}], strict=True) as model:
             config = model.run_config()
+            ...
+            model.assert_complete()
 
     Args:
         rules: the JSON form of a rules file (a list of rules or an object; see
@@ -57,6 +64,11 @@ class OfflineModelProcess:
         startup_timeout: seconds to wait for the URL line.
         stop_timeout: seconds to wait after SIGTERM before SIGKILL.
         env: extra environment variables for the child.
+        strict: run the child with ``--strict`` (see ``OfflineModelServer``'s strict mode); the
+            JSON form's ``"strict": true`` does the same.
+
+    Raises:
+        OpenCodeConfigError: both ``rules`` and ``rules_file``, or a ``strict`` that is not a bool.
     """
 
     def __init__(
@@ -69,9 +81,13 @@ class OfflineModelProcess:
         startup_timeout: float = 10.0,
         stop_timeout: float = 5.0,
         env: dict[str, str] | None = None,
+        strict: bool = False,
     ) -> None:
         if rules is not None and rules_file is not None:
-            raise ValueError("pass rules or rules_file, not both")
+            raise OpenCodeConfigError("pass rules or rules_file, not both")
+        if not isinstance(strict, bool):
+            raise OpenCodeConfigError(f"strict must be True or False, got {strict!r}")
+        self.strict = strict
         self.rules = rules
         self.rules_file = None if rules_file is None else os.fspath(rules_file)
         self.port_requested = port
@@ -96,6 +112,8 @@ class OfflineModelProcess:
             rules_file = self._temp_rules
         if rules_file is not None:
             command += ["--rules", rules_file]
+        if self.strict:
+            command.append("--strict")
         return command
 
     def _environment(self) -> dict[str, str]:
@@ -198,6 +216,22 @@ class OfflineModelProcess:
     def port(self) -> int:
         """The child's TCP port."""
         return int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
+
+    def report(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The child's ``OfflineModelServer.report()``: ``{"unexpected", "unused", "faulted"}`` lists."""
+        base = self.url.removesuffix("/v1")
+        with urllib.request.urlopen(base + REPORT_PATH, timeout=timeout) as response:
+            data: dict[str, Any] = json.load(response)
+        return data
+
+    def check(self) -> None:
+        """Raise ``UnexpectedModelCall`` if the (strict) child failed any request so far."""
+        raise_for_report(self.report(), complete=False)
+
+    def assert_complete(self) -> None:
+        """Like ``OfflineModelServer.assert_complete``, from the child's report: raises
+        ``UnexpectedModelCall`` or ``UnconsumedModelSteps`` (their ``requests`` are empty here)."""
+        raise_for_report(self.report(), complete=True)
 
     def provider_config(self) -> dict[str, Any]:
         """The opencode config fragment declaring this model (see ``OfflineModelServer.provider_config``)."""

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import collections
-import contextlib
-import json
-import socket
 import threading
 import time
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from opencode_wrapper.errors import OpenCodeConfigError
+from opencode_wrapper.testing._assertions import (
+    describe_reply,
+    describe_request,
+    raise_for_report,
+    strict_error,
+)
 from opencode_wrapper.testing._config import MODEL_ID, provider_config, run_config
+from opencode_wrapper.testing._faults import (
+    Fault,
+    FaultRoute,
+    check_error_status,
+    faults_from_json,
+    route_of,
+)
+from opencode_wrapper.testing._handler import HTTPServer
 from opencode_wrapper.testing._replies import (
     AnyReply,
     Completion,
-    ComputedReply,
     ErrorReply,
-    HangReply,
     ReplyLike,
     as_reply,
     reply_from_json,
@@ -34,7 +43,6 @@ from opencode_wrapper.testing._rules import (
     as_rule,
     rules_from_json,
 )
-from opencode_wrapper.testing._wire import WireContext, completion_json, stream_frames
 
 if TYPE_CHECKING:
     from opencode_wrapper.config import RunConfig
@@ -43,164 +51,6 @@ if TYPE_CHECKING:
 DEFAULT_TITLE = "Offline session"
 #: Characters per streamed text chunk unless a reply says otherwise.
 DEFAULT_CHUNK_SIZE = 16
-#: A computed reply may return another computed reply; this bounds the chain.
-_MAX_COMPUTE_DEPTH = 10
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    """A ``ThreadingHTTPServer`` that can drop every open connection, so that ``stop()`` is prompt."""
-
-    daemon_threads = True
-    # The socketserver default (5) is too small for many opencode sessions starting at once.
-    request_queue_size = 128
-
-    def __init__(self, owner: OfflineModelServer, port: int) -> None:
-        self.owner = owner
-        self.stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        """Shut down every open connection: blocked reads return EOF, blocked writes fail."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client hanging up mid-stream (or stop() dropping it) is normal here, not worth a traceback.
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    # HTTP/1.0: every response ends by closing the connection, so a stream needs no chunked encoding
-    # and a cut stream is just a close.
-    protocol_version = "HTTP/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep test output clean
-
-    def do_GET(self) -> None:
-        request = self._record(b"")
-        if request.path.rstrip("/").endswith("/models"):
-            model = self.server.owner.model_name
-            self._send_json(
-                200,
-                {
-                    "object": "list",
-                    "data": [{"id": model, "object": "model", "created": 0, "owned_by": "offline"}],
-                },
-            )
-        else:
-            self._send_json(404, ErrorReply(404, f"no route for GET {request.path}").body())
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        request = self._record(self.rfile.read(length) if length > 0 else b"")
-        if not request.is_chat:
-            self._send_json(404, ErrorReply(404, f"no route for POST {request.path}").body())
-            return
-        if not isinstance(request.body, dict):
-            self._send_json(400, ErrorReply(400, "request body is not a JSON object").body())
-            return
-        self._answer(request)
-
-    def _record(self, raw: bytes) -> RecordedRequest:
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        return self.server.owner._record(self.command, self.path, headers, body, raw)
-
-    def _answer(self, request: RecordedRequest) -> None:
-        stopping = self.server.stopping
-        try:
-            reply = _resolve(self.server.owner._choose(request), request)
-        except Exception as exc:  # a user matcher or reply callable failed: tell the client, keep it
-            self.server.owner._record_error(exc)
-            reply = ErrorReply(500, f"offline model: a rule or reply callable raised {exc!r}")
-        if isinstance(reply, HangReply):
-            stopping.wait()
-            return
-        if reply.delay > 0 and stopping.wait(reply.delay):
-            return
-        try:
-            if isinstance(reply, ErrorReply):
-                self._send_json(reply.status, reply.body())
-            elif request.stream:
-                self._stream(reply, request)
-            else:
-                self._send_whole(reply, request)
-        except OSError:
-            pass  # the client went away, or stop() dropped the connection
-
-    def _context(self, request: RecordedRequest) -> WireContext:
-        owner = self.server.owner
-        return WireContext(
-            completion_id=f"chatcmpl-offline-{request.index}",
-            created=int(request.time),
-            model=request.model or owner.model_name,
-            chunk_size=owner.chunk_size,
-            call_id_prefix=f"call_{request.index}_",
-        )
-
-    def _stream(self, reply: Completion, request: RecordedRequest) -> None:
-        frames = stream_frames(reply, self._context(request))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        for frame in frames.head:
-            self.wfile.write(frame)
-        for n, frame in enumerate(frames.content):
-            if reply.cut_after is not None and n >= reply.cut_after:
-                return
-            if n and reply.chunk_delay > 0 and self.server.stopping.wait(reply.chunk_delay):
-                return
-            self.wfile.write(frame)
-        if reply.cut_after is not None:
-            return  # cut at or after the last content chunk: still no finish, usage or [DONE]
-        for frame in frames.tail:
-            self.wfile.write(frame)
-
-    def _send_whole(self, reply: Completion, request: RecordedRequest) -> None:
-        data = json.dumps(completion_json(reply, self._context(request)), ensure_ascii=False).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        # A cut non-streamed answer: half the promised body, then the connection closes.
-        self.wfile.write(data if reply.cut_after is None else data[: len(data) // 2])
-
-    def _send_json(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-def _resolve(reply: AnyReply, request: RecordedRequest) -> Completion | ErrorReply | HangReply:
-    for _ in range(_MAX_COMPUTE_DEPTH):
-        if not isinstance(reply, ComputedReply):
-            return reply
-        reply = as_reply(reply.fn(request))
-    raise RecursionError(f"a computed reply returned computed replies {_MAX_COMPUTE_DEPTH} times in a row")
 
 
 class OfflineModelServer:
@@ -208,31 +58,48 @@ class OfflineModelServer:
 
     Each chat request is answered by the first of:
 
+    0. an injected fault (:meth:`fail`, :meth:`inject`) for the request's route that is not used up;
     1. title auto-answer: a title-generation request gets ``title`` (unless ``title=None``) and
        consumes nothing;
     2. the script: the next reply of ``script`` (each is used once);
     3. ``rules``: the first rule whose matcher accepts the request;
     4. the built-in rules (unless ``builtin_rules=False``): tool results are quoted, prompt
        directives like ``[[bash: ls]]`` are obeyed, "What is my name?" is answered from history;
-    5. ``default``: ``"You said: <last user text>"`` unless given.
+    5. ``default``: ``"You said: <last user text>"`` unless given; when ``strict``, an HTTP 400
+       instead (see below).
+
+    Strict mode (``strict=True``): a chat request that reaches step 5 is *unexpected*. It is
+    answered with HTTP :data:`STRICT_STATUS` (400, which opencode does not retry, so the run or
+    turn fails within a second rather than after opencode's ~70 s retry schedule for 5xx/429),
+    recorded in :attr:`unexpected_requests`, and :meth:`check`/:meth:`assert_complete` raise
+    :class:`UnexpectedModelCall` naming it. Title-generation requests are opencode's own, not the
+    test's traffic: they are never unexpected (answered with ``title``, or, with ``title=None``
+    and nothing matching, with the echo). The built-in rules still count as answers; pass
+    ``builtin_rules=False`` too when every model call must come from your script or rules.
 
     Example::
 
-        with OfflineModelServer(script=[Reply.bash("ls"), "Listed."]) as model:
+        with OfflineModelServer(script=[Reply.bash("ls"), "Listed."], strict=True) as model:
             config = model.run_config()            # a RunConfig pointing opencode here
             ...
             assert model.chat_requests[1].tool_results[0].name == "bash"
+            model.assert_complete()                # both entries used, nothing unexpected
 
     Args:
         script: replies used one per request, in order (a ``str`` is a text reply).
         rules: :class:`Rule` objects or ``(match, reply)`` tuples; a ``str`` match is a regex on
             the last user text.
-        default: the reply when nothing else matched.
+        default: the reply when nothing else matched (not allowed with ``strict``).
         title: the answer to title-generation requests; ``None`` routes them like any request.
         builtin_rules: whether the built-in directive/tool-result/remember rules apply.
         chunk_size: characters per streamed text chunk for replies that set none.
         port: TCP port on 127.0.0.1; 0 picks a free one (read it from :attr:`port`/:attr:`url`).
         model_name: the model id reported by ``GET /v1/models``.
+        strict: fail unexpected chat requests (see above) instead of echoing them.
+        faults: :class:`Fault` objects to start with (see :meth:`inject`).
+
+    Raises:
+        OpenCodeConfigError: ``strict`` is not a bool, or ``strict`` with a ``default``.
     """
 
     def __init__(
@@ -246,19 +113,33 @@ class OfflineModelServer:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         port: int = 0,
         model_name: str = MODEL_ID,
+        strict: bool = False,
+        faults: Iterable[Fault] = (),
     ) -> None:
+        if not isinstance(strict, bool):
+            raise OpenCodeConfigError(f"strict must be True or False, got {strict!r}")
+        if strict and default is not None:
+            raise OpenCodeConfigError(
+                "strict=True fails requests that nothing answers, so it takes no default reply; "
+                f"got default={default!r} (add it as a rule instead, e.g. rules=[(Match.always(), reply)])"
+            )
         self.title = title
         self.builtin_rules = builtin_rules
         self.chunk_size = chunk_size
         self.model_name = model_name
+        self.strict = strict
         self.default: AnyReply = ECHO if default is None else as_reply(default)
         self._requested_port = port
         self._lock = threading.Condition()
         self._script: collections.deque[AnyReply] = collections.deque(as_reply(r) for r in script)
+        self._script_used = 0
         self._rules: list[Rule] = [as_rule(r) for r in rules]
+        self._faults: list[Fault] = [_check_fault(f) for f in faults]
         self._requests: list[RecordedRequest] = []
         self._errors: list[BaseException] = []
-        self._httpd: _HTTPServer | None = None
+        self._unexpected: list[RecordedRequest] = []
+        self._faulted: list[RecordedRequest] = []
+        self._httpd: HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -267,13 +148,14 @@ class OfflineModelServer:
 
         ``data`` is a list of rules (see :func:`rules_from_json`), or an object with any of
         ``"rules"`` (that list), ``"script"`` (a list of replies), ``"default"`` (a reply),
-        ``"title"`` (a string or ``null``), ``"builtin_rules"`` (bool) and ``"chunk_size"`` (int).
+        ``"title"`` (a string or ``null``), ``"builtin_rules"`` (bool), ``"chunk_size"`` (int),
+        ``"strict"`` (bool) and ``"faults"`` (a list, see :func:`fault_from_json`).
         """
         if isinstance(data, list):
             data = {"rules": data}
         if not isinstance(data, dict):
             raise ValueError(f"a rules file holds a JSON list or object, got {type(data).__name__}")
-        known = {"rules", "script", "default", "title", "builtin_rules", "chunk_size"}
+        known = {"rules", "script", "default", "title", "builtin_rules", "chunk_size", "strict", "faults"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(
@@ -290,6 +172,8 @@ class OfflineModelServer:
             builtin_rules=bool(data.get("builtin_rules", True)),
             chunk_size=int(data.get("chunk_size", DEFAULT_CHUNK_SIZE)),
             port=port,
+            strict=data.get("strict", False),
+            faults=faults_from_json(data.get("faults") or []),
         )
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -298,7 +182,7 @@ class OfflineModelServer:
         """Bind 127.0.0.1 and serve on a daemon thread; returns ``self``. No-op if running."""
         if self._httpd is not None:
             return self
-        httpd = _HTTPServer(self, self._requested_port)
+        httpd = HTTPServer(self, self._requested_port)
         # A short poll interval: shutdown() waits for the serve loop to notice it.
         thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="offline-model", daemon=True
@@ -386,17 +270,85 @@ class OfflineModelServer:
             self._rules.append(rule)
         return rule
 
+    def fail(
+        self,
+        status: int = 500,
+        *,
+        times: int | None = 1,
+        route: FaultRoute = "chat",
+        message: str | None = None,
+        match: MatchLike | None = None,
+    ) -> Fault:
+        """Answer the next ``times`` requests on ``route`` with HTTP ``status``, then normally again.
+
+        ``model.fail(500)`` makes the next chat request (title requests aside) get a 500, which
+        opencode retries (after ~2.5 s), and the retry gets the answer the script or rules give.
+        ``route="models"`` targets ``GET /v1/models``, ``route="title"`` the title requests.
+
+        Returns:
+            the :class:`Fault`; its :attr:`~Fault.served` lists the requests it answered.
+
+        Raises:
+            OpenCodeConfigError: ``status`` is not in 400..599, or a bad ``times``/``route``.
+        """
+        reply = ErrorReply(check_error_status(status), message)
+        return self.inject(reply, times=times, route=route, match=match)
+
+    def inject(
+        self,
+        reply: ReplyLike,
+        *,
+        times: int | None = 1,
+        route: FaultRoute = "chat",
+        match: MatchLike | None = None,
+    ) -> Fault:
+        """Answer the next ``times`` requests on ``route`` with ``reply`` (any reply), then normally.
+
+        E.g. ``model.inject(Reply.cut("partial"))`` cuts the next chat stream after one chunk;
+        ``model.inject(Reply.hang(), match=r"slow")`` hangs the next request whose prompt says "slow".
+        A fault consumes no script entry. Faults are tried in the order they were added.
+
+        Raises:
+            OpenCodeConfigError: a bad ``times``, ``route`` or reply for the route (see :class:`Fault`).
+        """
+        fault = Fault(reply, route=route, times=times, match=match)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    @property
+    def faults(self) -> list[Fault]:
+        """The injected faults, used up or not, in the order they were added (a copy)."""
+        with self._lock:
+            return list(self._faults)
+
     @property
     def script_remaining(self) -> int:
         """How many scripted replies are not used yet."""
         with self._lock:
             return len(self._script)
 
+    def _take_fault(self, route: FaultRoute, request: RecordedRequest) -> Fault | None:
+        for fault in self.faults:
+            if fault.take(route, request):
+                with self._lock:
+                    self._faulted.append(request)
+                return fault
+        return None
+
+    def _models_fault(self, request: RecordedRequest) -> AnyReply | None:
+        fault = self._take_fault("models", request)
+        return None if fault is None else fault.reply
+
     def _choose(self, request: RecordedRequest) -> AnyReply:
+        fault = self._take_fault(route_of(request) or "chat", request)
+        if fault is not None:
+            return fault.reply
         if self.title is not None and request.is_title_request:
             return Completion(text=self.title)
         with self._lock:
             if self._script:
+                self._script_used += 1
                 return self._script.popleft()
             rules = list(self._rules)
         if self.builtin_rules:
@@ -405,6 +357,10 @@ class OfflineModelServer:
         for rule in rules:
             if rule.matches(request):
                 return rule.reply
+        if self.strict and not request.is_title_request:
+            with self._lock:
+                self._unexpected.append(request)
+            return strict_error(request)
         return self.default
 
     # --- records --------------------------------------------------------------------------------
@@ -439,11 +395,28 @@ class OfflineModelServer:
         with self._lock:
             return list(self._errors)
 
+    @property
+    def unexpected_requests(self) -> list[RecordedRequest]:
+        """The chat requests a strict model failed because nothing answered them (a copy)."""
+        with self._lock:
+            return list(self._unexpected)
+
+    @property
+    def faulted_requests(self) -> list[RecordedRequest]:
+        """The requests answered by an injected fault, oldest first (a copy; see :attr:`Fault.served`)."""
+        with self._lock:
+            return list(self._faulted)
+
     def clear(self) -> None:
-        """Forget the recorded requests and errors (the script and rules are kept)."""
+        """Forget the recorded requests, errors, unexpected and faulted requests.
+
+        The script, rules and faults (with their counts) are kept.
+        """
         with self._lock:
             self._requests.clear()
             self._errors.clear()
+            self._unexpected.clear()
+            self._faulted.clear()
 
     def wait_for_chat_requests(self, count: int = 1, *, timeout: float = 10.0) -> list[RecordedRequest]:
         """Block until at least ``count`` :attr:`chat_requests` arrived; return them.
@@ -459,3 +432,50 @@ class OfflineModelServer:
             if not self._lock.wait_for(enough, timeout):
                 raise TimeoutError(f"expected {count} chat request(s) within {timeout} s")
         return self.chat_requests
+
+    # --- assertions -------------------------------------------------------------------------------
+
+    def unused_steps(self) -> list[str]:
+        """One line per script entry not used yet and per fault with uses left (``times`` not ``None``)."""
+        with self._lock:
+            used, script = self._script_used, list(self._script)
+        total = used + len(script)
+        lines = [f"script entry {used + n} of {total}: {describe_reply(r)}" for n, r in enumerate(script, 1)]
+        lines += [fault.describe() for fault in self.faults if (fault.remaining or 0) > 0]
+        return lines
+
+    def report(self) -> dict[str, Any]:
+        """``{"unexpected": [...], "unused": [...], "faulted": [...]}``: one line per unexpected
+        request, unused step (:meth:`unused_steps`) and faulted request. Also served as JSON on
+        ``GET /_offline/report``, which is how ``OfflineModelProcess`` asserts."""
+        return {
+            "unexpected": [describe_request(r) for r in self.unexpected_requests],
+            "unused": self.unused_steps(),
+            "faulted": [describe_request(r) for r in self.faulted_requests],
+        }
+
+    def check(self) -> None:
+        """Raise :class:`UnexpectedModelCall` if a strict model failed any request so far.
+
+        Unused script entries are fine here (call it mid-test); :meth:`assert_complete` checks them.
+        """
+        raise_for_report(self.report(), complete=False, requests=self.unexpected_requests)
+
+    def assert_complete(self) -> None:
+        """Assert the model was used exactly as scripted, like openai-agents' scripted test model.
+
+        Raises:
+            UnexpectedModelCall: a strict model got requests nothing answered (it names each one:
+                number, session, last user message or tool results; unused steps are listed too).
+            UnconsumedModelSteps: script entries, or faults with uses left, were never used
+                (it lists them).
+        """
+        raise_for_report(self.report(), complete=True, requests=self.unexpected_requests)
+
+
+def _check_fault(fault: Any) -> Fault:
+    if not isinstance(fault, Fault):
+        raise OpenCodeConfigError(
+            f"faults must be Fault objects (see OfflineModelServer.fail/inject), got {fault!r}"
+        )
+    return fault
