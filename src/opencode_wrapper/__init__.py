@@ -3,12 +3,17 @@
 Everything public is importable from here; the ``_``-prefixed modules are private.
 """
 
-from opencode_wrapper._http import ServerHTTPError
 from opencode_wrapper._lean import LEAN_CONFIG, LEAN_ENV, lean_run_config, seed_plugin_dependencies
 from opencode_wrapper._proc.binary import OPENCODE_VERSION, install_opencode
+from opencode_wrapper.backends.base import Backend
+from opencode_wrapper.backends.handle import RunHandle
+from opencode_wrapper.backends.process import ProcessBackend
+from opencode_wrapper.backends.request import RunRequest
+from opencode_wrapper.backends.server import ServerBackend
 from opencode_wrapper.batch import Budget, Progress, Task, TaskOutcome, iter_run_many, run_many
 from opencode_wrapper.client import AsyncOpenCodeClient, build_argv, build_env, resolve_binary
 from opencode_wrapper.config import (
+    UNSET,
     RunConfig,
     split_model,
     validate_config_for_run,
@@ -20,14 +25,18 @@ from opencode_wrapper.errors import (
     OpenCodeConfigError,
     OpenCodeError,
     OpenCodeProcessError,
+    OpenCodeRunError,
     OpenCodeServerError,
     OpenCodeTimeoutError,
+    OpenCodeVersionError,
+    ServerHTTPError,
 )
 from opencode_wrapper.events import (
     DiagnosticEvent,
     ErrorEvent,
     Event,
     EventError,
+    EventKind,
     Part,
     PermissionRejection,
     ReasoningEvent,
@@ -37,6 +46,7 @@ from opencode_wrapper.events import (
     StepStartEvent,
     TextEvent,
     TokenUsage,
+    ToolCall,
     ToolState,
     ToolUseEvent,
     aggregate_run_result,
@@ -54,21 +64,27 @@ from opencode_wrapper.session import (
     aggregate_server_result,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "DEFAULT_CALLBACK_TIMEOUT_S",
     "LEAN_CONFIG",
     "LEAN_ENV",
     "OPENCODE_VERSION",
+    "UNSET",
     "AsyncOpenCodeClient",
+    "Backend",
     "Budget",
     "OpenCodeServer",
     "OpenCodeSession",
     "PermissionCallback",
     "PermissionReply",
+    "ProcessBackend",
     "Progress",
     "QuestionCallback",
+    "RunHandle",
+    "RunRequest",
+    "ServerBackend",
     "ServerHTTPError",
     "ServerPool",
     "Task",
@@ -83,13 +99,16 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "EventError",
+    "EventKind",
     "OpenCodeBinaryNotFoundError",
     "OpenCodeCancelledError",
     "OpenCodeConfigError",
     "OpenCodeError",
     "OpenCodeProcessError",
+    "OpenCodeRunError",
     "OpenCodeServerError",
     "OpenCodeTimeoutError",
+    "OpenCodeVersionError",
     "Part",
     "PermissionRejection",
     "ReasoningEvent",
@@ -100,6 +119,7 @@ __all__ = [
     "StepStartEvent",
     "TextEvent",
     "TokenUsage",
+    "ToolCall",
     "ToolState",
     "ToolUseEvent",
     "aggregate_run_result",

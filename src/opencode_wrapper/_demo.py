@@ -15,7 +15,7 @@ from pathlib import Path
 from opencode_wrapper._cli.live import make_view
 from opencode_wrapper._cli.observe import closing, iter_observed
 from opencode_wrapper._cli.output import Output
-from opencode_wrapper.batch import Backend, Task, TaskOutcome
+from opencode_wrapper.batch import BackendName, Task, TaskOutcome
 from opencode_wrapper.config import RunConfig
 from opencode_wrapper.events import TokenUsage
 from opencode_wrapper.testing import Match, OfflineModelServer, RecordedRequest, Reply
@@ -74,7 +74,7 @@ def script_offline_model(model: OfflineModelServer) -> None:
 
 
 async def _run_tasks(
-    out: Output, tasks: list[Task], *, backend: Backend, binary: str | os.PathLike[str]
+    out: Output, tasks: list[Task], *, backend: BackendName, binary: str | os.PathLike[str]
 ) -> list[TaskOutcome]:
     outcomes: list[TaskOutcome] = []
     view = make_view(out, len(tasks))
@@ -94,7 +94,7 @@ def _tools(outcome: TaskOutcome) -> str:
 
 
 async def run_workflow(
-    out: Output, cfg: RunConfig, root: Path, *, backend: Backend, binary: str | os.PathLike[str]
+    out: Output, cfg: RunConfig, root: Path, *, backend: BackendName, binary: str | os.PathLike[str]
 ) -> int:
     """The demo: inspectors in parallel, then the summariser; prints what examples/demo.py prints."""
     folders = make_sample_repo(root)

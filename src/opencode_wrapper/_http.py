@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import httpx_sse
 
-from opencode_wrapper.errors import OpenCodeServerError
+from opencode_wrapper.errors import OpenCodeServerError, ServerHTTPError
 
 __all__ = ["ServerHTTPError", "Transport"]
 
@@ -29,20 +29,6 @@ EVENT_READ_TIMEOUT_S = 30.0
 _CONNECT_TIMEOUT_S = 10.0
 _REQUEST_TIMEOUT_S = 60.0
 _BODY_EXCERPT = 1000
-
-
-class ServerHTTPError(OpenCodeServerError):
-    """The server answered a request with an HTTP error status.
-
-    Attributes:
-        status_code: the HTTP status (401: wrong credentials, 404: no such session...).
-        body: the response body (opencode's JSON error, as text; at most 1000 characters).
-    """
-
-    def __init__(self, message: str, *, status_code: int, body: str, stderr: str = "") -> None:
-        self.status_code = status_code
-        self.body = body
-        super().__init__(exit_code=None, stderr=stderr, message=message)
 
 
 class Transport:

@@ -34,7 +34,6 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,8 +197,7 @@ def lean_run_config(cfg: RunConfig, *, catalog: CatalogMode = "auto") -> RunConf
         path = _catalog_for(cfg, catalog)
         if path is not None:
             env[MODELS_PATH_ENV] = str(path)
-    return replace(
-        cfg,
+    return cfg.replace(
         config_overrides=_deep_merge(copy.deepcopy(LEAN_CONFIG), cfg.config_overrides or {}),
         extra_env=env,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from opencode_wrapper.events import Event
+from opencode_wrapper._model.event import Event
 
 _LOG = logging.getLogger("opencode_wrapper")
 

@@ -1,40 +1,48 @@
 """Many agents at once: ``run_many`` / ``iter_run_many`` with a concurrency limit and a budget.
 
-Tasks run on warm ``opencode serve`` processes by default (a :class:`~opencode_wrapper.pool.ServerPool`),
-or one ``opencode run`` each (``backend="run"``). Every task gets an outcome: one failure never
-loses the others' results, and nothing keeps running after the call returns or is cancelled.
+Each task is one :class:`~opencode_wrapper.backends.request.RunRequest` for a backend: warm
+``opencode serve`` processes by default (a :class:`~opencode_wrapper.ServerPool`), one
+``opencode run`` each (``backend="run"``), a pool or client of yours, or any other
+:class:`~opencode_wrapper.Backend` (``engine=``). Every task is checked before the first one
+starts; every task gets an outcome (one failure never loses the others' results), and nothing
+keeps running after the call returns or is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import inspect
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
+from opencode_wrapper._model.event import Event, TokenUsage
+from opencode_wrapper._model.outcome import RunResult, exception_for
+from opencode_wrapper._model.run_error import RunError
 from opencode_wrapper._observers import EventCallback, notify
-from opencode_wrapper._validation import check_prompt, check_timeout, check_workspace
-from opencode_wrapper.config import RunConfig, validate_config
+from opencode_wrapper.backends.base import Backend
+from opencode_wrapper.backends.handle import RunHandle
+from opencode_wrapper.backends.pool import ServerPool
+from opencode_wrapper.backends.process import ProcessBackend
+from opencode_wrapper.backends.request import RunRequest
+from opencode_wrapper.client import AsyncOpenCodeClient
+from opencode_wrapper.config import RunConfig
 from opencode_wrapper.errors import (
     OpenCodeCancelledError,
     OpenCodeConfigError,
     OpenCodeError,
-    OpenCodeProcessError,
+    OpenCodeRunError,
+    OpenCodeServerError,
     OpenCodeTimeoutError,
 )
-from opencode_wrapper.events import Event, RunError, RunResult, TokenUsage
 
-if TYPE_CHECKING:
-    from opencode_wrapper.client import AsyncOpenCodeClient
-    from opencode_wrapper.pool import ServerPool
+__all__ = ["Budget", "Progress", "Task", "TaskOutcome", "error_for_exception", "iter_run_many", "run_many"]
 
-__all__ = ["Budget", "Progress", "Task", "TaskOutcome", "iter_run_many", "run_many"]
-
-Backend = Literal["server", "run"]
+#: The built-in backends of ``run_many``: warm servers, or one ``opencode run`` per task.
+BackendName = Literal["server", "run"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,19 @@ class Task:
 TaskLike = Task | tuple[str, str | os.PathLike[str]]
 
 
+def error_for_exception(exc: BaseException) -> RunError:
+    """The :class:`RunError` an exception stands for (its result's error, when it carries one)."""
+    if isinstance(exc, OpenCodeRunError) and exc.result is not None and exc.result.error is not None:
+        return exc.result.error
+    if isinstance(exc, OpenCodeTimeoutError):
+        return RunError(kind="timeout", message=str(exc))
+    if isinstance(exc, OpenCodeCancelledError):
+        return RunError(kind="cancelled", message=str(exc))
+    if isinstance(exc, OpenCodeServerError):
+        return RunError(kind="server_failure", message=str(exc))
+    return RunError(kind="internal_error", message=f"{type(exc).__name__}: {exc}")
+
+
 @dataclass
 class TaskOutcome:
     """What became of one task.
@@ -62,8 +83,9 @@ class TaskOutcome:
     Attributes:
         index: the task's position in the input.
         task: the task.
-        result: its result (also for most failures: a timed-out or failed run keeps what it did).
-        exception: the exception the run raised, if any.
+        result: its result (also for failures: a timed-out or failed run keeps what it did).
+        exception: what ``async_run`` would have raised for this result, or the exception that
+            stopped the task before it had one.
         elapsed_s: wall time from start to end.
         started: ``False`` for a task that was skipped (fail-fast, budget exhausted).
     """
@@ -85,7 +107,7 @@ class TaskOutcome:
         if self.result is not None and self.result.error is not None:
             return self.result.error
         if self.exception is not None:
-            return RunError(kind="process_exit", message=str(self.exception) or type(self.exception).__name__)
+            return error_for_exception(self.exception)
         return None
 
 
@@ -121,7 +143,7 @@ class Budget:
     """A token and/or cost budget shared by every task of one or more batches.
 
     When a finished task takes the total to a limit, no new task starts (those get an error of
-    kind ``budget_exhausted``); with ``abort_running=True`` the running ones are cancelled too.
+    kind ``budget_exhausted``); with ``abort_running=True`` the running ones are stopped too.
     """
 
     def __init__(
@@ -161,7 +183,6 @@ class Budget:
 
 
 ProgressCallback = Callable[[Progress], Awaitable[None] | None]
-Executor = Callable[[int, Task], Awaitable[RunResult]]
 #: ``on_event(task_index, event)``: each typed event of each task as it arrives.
 TaskEventCallback = Callable[[int, Event], None]
 
@@ -174,23 +195,48 @@ def _observer(on_event: TaskEventCallback | None, index: int) -> EventCallback |
 
 def _as_task(item: TaskLike, index: int) -> Task:
     if isinstance(item, Task):
-        task = item
-    elif isinstance(item, tuple) and len(item) == 2:
-        task = Task(prompt=item[0], workspace=item[1])
-    else:
-        raise OpenCodeConfigError(
-            f"task #{index} must be a Task or a (prompt, workspace) tuple, got {item!r:.100}"
-        )
-    check_prompt(task.prompt)
-    check_workspace(task.workspace)
-    check_timeout(task.timeout_s)
-    if task.run_cfg is not None:
-        validate_config(task.run_cfg, allow_ask=False)
-    return task
+        return item
+    if isinstance(item, tuple) and len(item) == 2:
+        return Task(prompt=item[0], workspace=item[1])
+    raise OpenCodeConfigError(
+        f"task #{index} must be a Task or a (prompt, workspace) tuple, got {item!r:.100}"
+    )
 
 
-def _default_concurrency() -> int:
-    return max(4, 8 * (os.cpu_count() or 1))
+def _choose_backend(
+    *,
+    engine: Backend | None,
+    pool: ServerPool | None,
+    client: AsyncOpenCodeClient | None,
+    backend: BackendName,
+    binary: str | os.PathLike[str],
+    lean: bool,
+    max_servers: int | None,
+) -> tuple[Backend, Backend | None]:
+    """The backend to use, and the one this call owns (and closes), if it made it."""
+    if backend not in ("server", "run"):
+        raise OpenCodeConfigError(f"backend must be 'server' or 'run', got {backend!r}")
+    chosen = [
+        name for name, value in (("engine", engine), ("pool", pool), ("client", client)) if value is not None
+    ]
+    if len(chosen) > 1:
+        raise OpenCodeConfigError(f"give one of engine=, pool=, client=, not {' and '.join(chosen)}")
+    if engine is not None:
+        if not isinstance(engine, Backend):
+            raise OpenCodeConfigError(f"engine must be a Backend (e.g. a RayEngine), got {engine!r}")
+        return engine, None
+    if pool is not None:
+        return pool, None
+    if client is not None:
+        return client.backend, None
+    if backend == "run":
+        return ProcessBackend(binary), None
+    made = ServerPool(binary=binary, lean=lean, max_servers=max_servers)
+    return made, made
+
+
+def _default_concurrency(backend: Backend) -> int:
+    return backend.capacity or max(4, 8 * (os.cpu_count() or 1))
 
 
 async def iter_run_many(
@@ -200,10 +246,11 @@ async def iter_run_many(
     fail_fast: bool = False,
     on_progress: ProgressCallback | None = None,
     budget: Budget | None = None,
-    backend: Backend = "server",
+    backend: BackendName = "server",
     run_cfg: RunConfig | None = None,
     pool: ServerPool | None = None,
     client: AsyncOpenCodeClient | None = None,
+    engine: Backend | None = None,
     binary: str | os.PathLike[str] = "opencode",
     lean: bool = False,
     max_servers: int | None = None,
@@ -212,105 +259,85 @@ async def iter_run_many(
     """Run tasks concurrently and yield each :class:`TaskOutcome` as it completes.
 
     Args:
-        tasks: :class:`Task` objects or ``(prompt, workspace)`` tuples; all checked before any start.
-        concurrency: most tasks running at once (default ``max(4, 8 * CPUs)``).
-        fail_fast: on the first failed task, cancel the running ones and start no more.
+        tasks: :class:`Task` objects or ``(prompt, workspace)`` tuples; all checked (by the
+            backend too) before any starts.
+        concurrency: most tasks running at once (default: the backend's capacity, else
+            ``max(4, 8 * CPUs)``).
+        fail_fast: on the first failed task, stop the running ones and start no more.
         on_progress: called (sync or async) with a :class:`Progress` after each start and finish.
         budget: a shared :class:`Budget`; once exhausted no task starts.
         backend: ``"server"`` (warm ``opencode serve`` processes, the fast default) or ``"run"``
             (one ``opencode run`` per task).
         run_cfg: the base config; each task's ``run_cfg`` is merged over it.
-        pool: an existing :class:`ServerPool` to use (left open); by default one is created and
-            closed when the batch ends.
-        client: the run-mode client for ``backend="run"`` (default: a new one).
-        binary, lean, max_servers: passed to the pool this call creates.
+        pool: an existing :class:`ServerPool` to use (left open).
+        client: an existing :class:`AsyncOpenCodeClient`: its backend is used (run mode, or its
+            warm servers).
+        engine: any other :class:`Backend` (e.g. ``opencode_wrapper.ray.RayEngine``), left open.
+        binary, lean, max_servers: for the pool or run-mode backend this call creates.
         on_event: called as ``on_event(task_index, event)`` with every typed event of every task
             as it arrives (a live view); an exception in it is logged and ignored.
 
-    Leaving the loop early (or cancelling) cancels the running tasks and ends their processes.
+    Leaving the loop early (or cancelling) stops the running tasks and ends their processes.
     """
-    if backend not in ("server", "run"):
-        raise OpenCodeConfigError(f"backend must be 'server' or 'run', got {backend!r}")
     if concurrency is not None and (
         isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
     ):
         raise OpenCodeConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+    chosen, owned = _choose_backend(
+        engine=engine,
+        pool=pool,
+        client=client,
+        backend=backend,
+        binary=binary,
+        lean=lean,
+        max_servers=max_servers,
+    )
     base = run_cfg or RunConfig()
-    checked: list[Task] = []
+    checked: list[tuple[Task, RunRequest]] = []
     for index, item in enumerate(tasks):
         task = _as_task(item, index)
         merged = base.merged_with(task.run_cfg)
-        validate_config(merged, allow_ask=False)
-        if backend == "server" and merged.cli_kwargs:
-            raise OpenCodeConfigError(
-                f"task #{index} sets cli_kwargs {sorted(merged.cli_kwargs)}, which only `opencode run` "
-                "understands; use backend='run' for it"
-            )
-        checked.append(Task(task.prompt, task.workspace, merged, task.timeout_s, task.name))
-
-    own_pool = None
-    executor: Executor
-    if backend == "server":
-        if pool is None:
-            from opencode_wrapper.pool import ServerPool
-
-            own_pool = pool = ServerPool(binary=binary, lean=lean, max_servers=max_servers)
-        active_pool = pool
-
-        async def executor(index: int, task: Task) -> RunResult:
-            return await active_pool.run(
+        try:
+            request = RunRequest.create(
                 task.prompt,
                 task.workspace,
-                run_cfg=task.run_cfg,
+                run_cfg=merged,
                 timeout_s=task.timeout_s,
                 on_event=_observer(on_event, index),
             )
-
-    else:
-        if client is None:
-            from opencode_wrapper.client import AsyncOpenCodeClient
-
-            client = AsyncOpenCodeClient(binary)
-        run_client = client
-
-        async def executor(index: int, task: Task) -> RunResult:
-            return await run_client.async_run(
-                task.prompt,
-                task.workspace,
-                run_cfg=task.run_cfg,
-                timeout_s=task.timeout_s,
-                on_event=_observer(on_event, index),
-            )
-
+            chosen.check(request)
+        except OpenCodeConfigError as exc:
+            raise OpenCodeConfigError(f"task #{index}: {exc}") from exc
+        checked.append((Task(task.prompt, task.workspace, merged, task.timeout_s, task.name), request))
     try:
         async for outcome in _schedule(
             checked,
-            executor,
-            concurrency=concurrency or _default_concurrency(),
+            chosen,
+            concurrency=concurrency or _default_concurrency(chosen),
             fail_fast=fail_fast,
             on_progress=on_progress,
             budget=budget,
         ):
             yield outcome
     finally:
-        if own_pool is not None:
-            await own_pool.aclose()
+        if owned is not None:
+            await owned.aclose()
 
 
-async def run_many(tasks: Iterable[TaskLike], **options: object) -> list[TaskOutcome]:
+async def run_many(tasks: Iterable[TaskLike], **options: Any) -> list[TaskOutcome]:
     """Run tasks concurrently; return every :class:`TaskOutcome` in input order.
 
     Takes the same keyword arguments as :func:`iter_run_many`.
     """
     outcomes: list[TaskOutcome] = []
-    async for outcome in iter_run_many(tasks, **options):  # type: ignore[arg-type]
+    async for outcome in iter_run_many(tasks, **options):
         outcomes.append(outcome)
     return sorted(outcomes, key=lambda o: o.index)
 
 
 async def _schedule(
-    tasks: Sequence[Task],
-    executor: Executor,
+    tasks: Sequence[tuple[Task, RunRequest]],
+    backend: Backend,
     *,
     concurrency: int,
     fail_fast: bool,
@@ -319,14 +346,15 @@ async def _schedule(
 ) -> AsyncIterator[TaskOutcome]:
     """Start tasks in input order under a limit; yield outcomes as they complete.
 
-    Owns every task it starts: on exit (normal, early break, error or cancellation) the
-    still-running ones are cancelled and awaited, which ends their opencode sessions.
+    Owns every run it starts: on exit (normal, early break, error or cancellation) the still-running
+    ones are stopped and awaited, which ends their processes.
     """
     progress = Progress(total=len(tasks))
     done: asyncio.Queue[TaskOutcome] = asyncio.Queue()
-    running: dict[int, asyncio.Task[None]] = {}
+    runners: dict[int, asyncio.Task[None]] = {}
+    handles: dict[int, RunHandle] = {}
     limit = asyncio.Semaphore(concurrency)
-    stop_starting = False
+    stop_starting: RunError | None = None
 
     async def report(outcome: TaskOutcome | None = None) -> None:
         if outcome is not None:
@@ -336,57 +364,52 @@ async def _schedule(
             if inspect.isawaitable(maybe):
                 await maybe
 
-    async def run_one(index: int, task: Task) -> None:
+    def stop_running(reason: RunError, but: int) -> None:
+        for index, handle in list(handles.items()):
+            if index != but:
+                handle.stop(reason)
+
+    async def run_one(index: int, task: Task, handle: RunHandle) -> None:
         nonlocal stop_starting
         started = time.monotonic()
         outcome = TaskOutcome(index=index, task=task)
         try:
-            outcome.result = await executor(index, task)
+            async with handle:
+                result = outcome.result = await handle.wait()
+            if result.error is not None and result.error.raised:
+                outcome.exception = exception_for(result)
         except asyncio.CancelledError:
-            outcome.result = RunResult(
-                error=RunError(kind="cancelled", message="cancelled before it finished")
-            )
-            outcome.exception = OpenCodeCancelledError("the task was cancelled")
-        except (OpenCodeProcessError, OpenCodeTimeoutError, OpenCodeCancelledError) as exc:
-            outcome.exception = exc
-            outcome.result = exc.result
+            # The batch itself is being left: the handle ended the run; keep what it did.
+            with contextlib.suppress(Exception):
+                outcome.result = handle.result
+            outcome.exception = OpenCodeCancelledError("the task was cancelled", result=outcome.result)
         except (OpenCodeError, OSError) as exc:
             outcome.exception = exc
         finally:
+            handles.pop(index, None)
             outcome.elapsed_s = time.monotonic() - started
             # Decide before freeing the slot, so the next start already sees this outcome.
             if budget is not None and outcome.result is not None:
                 budget.charge(outcome.result)
                 if budget.exhausted and budget.abort_running:
-                    _cancel_all(running, but=index)
-            if fail_fast and not outcome.ok and not stop_starting:
-                stop_starting = True
-                _cancel_all(running, but=index)
+                    stop_running(RunError(kind="budget_exhausted", message=f"stopped: {budget!r}"), but=index)
+            if fail_fast and not outcome.ok and stop_starting is None:
+                stop_starting = RunError(
+                    kind="cancelled", message=f"stopped: task #{index} failed (fail_fast)"
+                )
+                stop_running(stop_starting, but=index)
             limit.release()
             done.put_nowait(outcome)
 
-    def cancelled_before_start(runner: asyncio.Task[None], index: int, task: Task) -> None:
-        # A task cancelled before its first step never runs run_one's body: account for it here.
-        if runner.cancelled():
-            limit.release()
-            outcome = TaskOutcome(
-                index=index,
-                task=task,
-                result=RunResult(error=RunError(kind="cancelled", message="cancelled before it started")),
-                exception=OpenCodeCancelledError("the task was cancelled"),
-            )
-            done.put_nowait(outcome)
-
-    def finish_without_running(index: int, task: Task, error: RunError) -> None:
+    def skip(index: int, task: Task, error: RunError) -> None:
         done.put_nowait(TaskOutcome(index=index, task=task, result=RunResult(error=error), started=False))
 
     async def starter() -> None:
-        nonlocal stop_starting
-        for index, task in enumerate(tasks):
+        for index, (task, request) in enumerate(tasks):
             await limit.acquire()
-            if stop_starting:
+            if stop_starting is not None:
                 limit.release()
-                finish_without_running(
+                skip(
                     index,
                     task,
                     RunError(kind="cancelled", message="not started: an earlier task failed (fail_fast)"),
@@ -394,13 +417,11 @@ async def _schedule(
                 continue
             if budget is not None and budget.exhausted:
                 limit.release()
-                finish_without_running(
-                    index, task, RunError(kind="budget_exhausted", message=f"not started: {budget!r}")
-                )
+                skip(index, task, RunError(kind="budget_exhausted", message=f"not started: {budget!r}"))
                 continue
-            runner = asyncio.ensure_future(run_one(index, task))
-            runner.add_done_callback(functools.partial(cancelled_before_start, index=index, task=task))
-            running[index] = runner
+            # Registered before the runner starts, so a stop (fail_fast, budget) always reaches it.
+            handle = handles[index] = backend.open(request)
+            runners[index] = asyncio.ensure_future(run_one(index, task, handle))
             progress.started += 1
             progress.last_started = index
             await report()
@@ -409,7 +430,7 @@ async def _schedule(
     try:
         for _ in range(len(tasks)):
             outcome = await done.get()
-            running.pop(outcome.index, None)
+            runners.pop(outcome.index, None)
             if not outcome.started:
                 progress.skipped += 1
             else:
@@ -422,12 +443,6 @@ async def _schedule(
             yield outcome
     finally:
         starter_task.cancel()
-        _cancel_all(running)
-        pending = [*running.values(), starter_task]
-        await asyncio.gather(*pending, return_exceptions=True)
-
-
-def _cancel_all(running: dict[int, asyncio.Task[None]], but: int | None = None) -> None:
-    for index, task in running.items():
-        if index != but:
-            task.cancel()
+        for runner in runners.values():
+            runner.cancel()
+        await asyncio.gather(*runners.values(), starter_task, return_exceptions=True)

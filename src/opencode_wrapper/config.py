@@ -9,10 +9,26 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
+from opencode_wrapper._jsonc import loads_jsonc, strip_jsonc
 from opencode_wrapper.errors import OpenCodeConfigError
+
+__all__ = [
+    "PRESERVE_KEYS",
+    "RESERVED_CLI_FLAGS",
+    "UNSET",
+    "RunConfig",
+    "loads_jsonc",
+    "sanitize_user_config_json",
+    "split_model",
+    "strip_jsonc",
+    "validate_config",
+    "validate_config_for_run",
+    "validate_model",
+    "validate_permission_actions",
+]
 
 PermissionAction = str  # "allow" | "ask" | "deny"
 PermissionMap = dict[str, Any]
@@ -69,6 +85,46 @@ def sanitize_user_config_json(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k in PRESERVE_KEYS}
 
 
+class _Unset:
+    """The type of :data:`UNSET`."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __reduce__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: "Not given": a :class:`RunConfig` field left at ``UNSET`` takes its default and does not
+#: override a base config when merged (:meth:`RunConfig.merged_with`). Any other value, the
+#: default's own value included, counts as given.
+UNSET: Any = _Unset()
+
+_DEFAULTS: dict[str, Any] = {
+    "agent": None,
+    "model": None,
+    "disable_autoupdate": True,
+    "inherit_user_config": False,
+    "extra_env": None,
+    "permission": None,
+    "mcp": None,
+    "tools": None,
+    "instructions": None,
+    "config_overrides": None,
+    "cli_kwargs": None,
+}
+
+
 @dataclass
 class RunConfig:
     """Settings for one run, one session, or one batch task.
@@ -76,6 +132,11 @@ class RunConfig:
     ``model``/``agent``/``tools`` can change per turn in a session; ``permission``, ``mcp``,
     ``instructions`` and ``config_overrides`` are server-global (they become
     ``OPENCODE_CONFIG_CONTENT``). ``cli_kwargs`` are extra ``opencode run`` flags (run mode only).
+
+    A config remembers which fields were *given* (passed to the constructor or assigned, even with
+    the default's value) and which were left out (``UNSET``): :meth:`merged_with` lets only the
+    given fields of a per-task or per-turn config win, so a task can set a field back to its
+    default (``RunConfig(inherit_user_config=False)``, ``RunConfig(permission=None)``).
 
     Attributes:
         agent: opencode agent name (``build``, ``plan``, ``explore``, ``general`` or your own).
@@ -93,23 +154,62 @@ class RunConfig:
             single-char key -> ``-k value``, list -> repeated, ``False``/``None`` -> skipped.
     """
 
-    agent: str | None = None
-    model: str | None = None
-    disable_autoupdate: bool = True
-    inherit_user_config: bool = False
-    extra_env: Mapping[str, str] | None = None
-    permission: PermissionMap | None = None
-    mcp: dict[str, Any] | None = None
-    tools: dict[str, Any] | None = None
-    instructions: list[str] | None = None
-    config_overrides: dict[str, Any] | None = None
-    cli_kwargs: dict[str, Any] | None = field(default=None)
+    agent: str | None = UNSET
+    model: str | None = UNSET
+    disable_autoupdate: bool = UNSET
+    inherit_user_config: bool = UNSET
+    extra_env: Mapping[str, str] | None = UNSET
+    permission: PermissionMap | None = UNSET
+    mcp: dict[str, Any] | None = UNSET
+    tools: dict[str, Any] | None = UNSET
+    instructions: list[str] | None = UNSET
+    config_overrides: dict[str, Any] | None = UNSET
+    cli_kwargs: dict[str, Any] | None = UNSET
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _DEFAULTS:
+            given: set[str] = self.__dict__.setdefault("_given", set())
+            if value is UNSET:
+                given.discard(name)
+                value = _DEFAULTS[name]
+            else:
+                given.add(name)
+        object.__setattr__(self, name, value)
+
+    @property
+    def given_fields(self) -> frozenset[str]:
+        """The fields that were given (not left ``UNSET``)."""
+        return frozenset(self.__dict__.get("_given", ()))
+
+    def is_given(self, name: str) -> bool:
+        """Whether field ``name`` was given (see :attr:`given_fields`)."""
+        return name in self.given_fields
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**{name: getattr(self, name) for name in _DEFAULTS}, "_given": sorted(self.given_fields)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        given = set(state.get("_given", ()))
+        for name in _DEFAULTS:
+            object.__setattr__(self, name, state.get(name, _DEFAULTS[name]))
+        object.__setattr__(self, "_given", given)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` given; the other fields keep whether they were given."""
+        unknown = sorted(set(changes) - set(_DEFAULTS))
+        if unknown:
+            raise OpenCodeConfigError(f"RunConfig has no field(s) {unknown}; fields: {sorted(_DEFAULTS)}")
+        values = {name: getattr(self, name) if self.is_given(name) else UNSET for name in _DEFAULTS}
+        values.update(changes)
+        return RunConfig(**values)
 
     def __repr__(self) -> str:
         # Values of ``extra_env`` and credential-like config entries (API keys, MCP headers and
         # environments) are hidden: configs end up in logs, tracebacks and batch outcomes.
         parts = []
         for f in fields(self):
+            if not self.is_given(f.name):
+                continue
             value = getattr(self, f.name)
             if f.name == "extra_env" and isinstance(value, Mapping):
                 value = dict.fromkeys(value, _HIDDEN)
@@ -139,23 +239,21 @@ class RunConfig:
         return json.dumps(cfg, ensure_ascii=False) if cfg else None
 
     def merged_with(self, other: RunConfig | None) -> RunConfig:
-        """A copy of ``self`` where every field that ``other`` sets (not ``None``) wins.
+        """A copy of ``self`` where every field that ``other`` *gives* wins (see the class docstring).
 
-        Mappings are deep-merged, so a per-turn ``tools`` adds to the base ``tools``.
+        Mappings given on both sides are deep-merged, so a per-turn ``tools`` adds to the base
+        ``tools``; a given ``None`` clears the field.
         """
         if other is None:
             return self
         changes: dict[str, Any] = {}
-        defaults = RunConfig()
-        for f in fields(self):
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if theirs is None or theirs == getattr(defaults, f.name):
-                continue
+        for name in other.given_fields:
+            mine, theirs = getattr(self, name), getattr(other, name)
             if isinstance(mine, Mapping) and isinstance(theirs, Mapping):
-                changes[f.name] = _deep_merge(mine, theirs)
+                changes[name] = _deep_merge(mine, theirs)
             else:
-                changes[f.name] = theirs
-        return replace(self, **changes)
+                changes[name] = theirs
+        return self.replace(**changes)
 
     def server_key(self) -> str:
         """A string equal for configs that can share one ``opencode serve`` process.
@@ -164,7 +262,7 @@ class RunConfig:
         """
         return json.dumps(
             {
-                "config": replace(self, tools=None).build_opencode_config_dict(),
+                "config": self.replace(tools=None).build_opencode_config_dict(),
                 "env": dict(sorted((self.extra_env or {}).items())),
                 "inherit": self.inherit_user_config,
                 "autoupdate": self.disable_autoupdate,
@@ -216,8 +314,9 @@ def validate_permission_actions(obj: Any, *, _path: str = "", allow_ask: bool = 
     if isinstance(obj, str):
         if obj == "ask" and not allow_ask:
             raise OpenCodeConfigError(
-                f"Permission action 'ask'{where} is not supported in run mode (opencode run auto-rejects "
-                "it); use 'allow' or 'deny', or use an OpenCodeSession with an on_permission callback"
+                f"Permission action 'ask' is not supported in run mode{where}: opencode run auto-rejects it; "
+                "use 'allow' or 'deny', or a warm backend (a session, warm_servers=True, run_many) "
+                "with an on_permission callback"
             )
         if obj not in allowed:
             raise OpenCodeConfigError(

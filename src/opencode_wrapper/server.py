@@ -1,104 +1,43 @@
-"""``OpenCodeServer``: one ``opencode serve`` process (or an existing server) shared by sessions.
+"""``OpenCodeServer``: one ``opencode serve`` process (or an existing server) shared by sessions and runs.
 
 An owned server is started like a run-mode process (same config injection and user-config
 isolation, a private data dir by default) under the process-tree supervisor, listens on
-127.0.0.1 only, and is always protected by a random password. One event stream
-(``GET /global/event``, every directory) feeds every session of the server; a watcher turns the
-death of the process, a broken stream or a silent one (no heartbeat) into an
-:class:`OpenCodeServerError` for every waiting call, with the server's last stderr lines.
+127.0.0.1 only, and is always protected by a random password; see
+:class:`~opencode_wrapper._server.base.ServerBase` for the process, its event bus and failures.
+This class adds what users do on a server: sessions (:meth:`OpenCodeServer.session`) and one-shot
+runs (:meth:`OpenCodeServer.run`, :meth:`OpenCodeServer.stream`), both thin uses of the
+:class:`~opencode_wrapper.backends.server.ServerBackend`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import os
-import re
-import secrets
-from collections.abc import Coroutine, Iterable
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
 
-from opencode_wrapper._aio import finish, wait_within
-from opencode_wrapper._callbacks import PermissionCallback, QuestionCallback
-from opencode_wrapper._http import ServerHTTPError, Transport
-from opencode_wrapper._observers import EventCallback
-from opencode_wrapper._proc.binary import check_version, resolve_binary
-from opencode_wrapper._proc.environment import PreparedEnvironment, prepare_environment
-from opencode_wrapper._proc.process import OwnedProcess, iter_lines
-from opencode_wrapper._validation import check_timeout
-from opencode_wrapper.config import RunConfig, validate_config
-from opencode_wrapper.errors import (
-    OpenCodeConfigError,
-    OpenCodeError,
-    OpenCodeProcessError,
-    OpenCodeServerError,
-)
-from opencode_wrapper.events import Event, RunResult, make_event
+from opencode_wrapper._model.event import Event
+from opencode_wrapper._model.outcome import RunResult
+from opencode_wrapper._server.base import ServerBase
+from opencode_wrapper._turn.callbacks import DEFAULT_CALLBACK_TIMEOUT_S, PermissionCallback, QuestionCallback
+from opencode_wrapper.backends.base import run_request, stream_request
+from opencode_wrapper.backends.request import RunOptions, RunRequest
+from opencode_wrapper.backends.server import ServerBackend
+from opencode_wrapper.config import RunConfig
+from opencode_wrapper.errors import OpenCodeError
+from opencode_wrapper.session import OpenCodeSession
 
 if TYPE_CHECKING:
-    from opencode_wrapper.session import OpenCodeSession
+    from typing_extensions import Unpack
 
 __all__ = ["DEFAULT_CALLBACK_TIMEOUT_S", "OpenCodeServer"]
 
-#: How long a permission or question callback may take before the request is rejected.
-DEFAULT_CALLBACK_TIMEOUT_S = 300.0
 
-_T = TypeVar("_T")
-_LISTENING = re.compile(r"listening on (https?://\S+)")
-_STDERR_TAIL_LINES = 50
-# After the process or the stream fails, how long to wait for the other signal (and the last
-# stderr lines) to arrive, so the error says why. Kept well inside the 2 s detection budget.
-_SETTLE_S = 0.5
-_DISPOSE_TIMEOUT_S = 5.0
-_END_GRACE_S = 5.0
-
-
-_ONE_SHOT_TITLE = "opencode-wrapper one-shot run"
-
-
-class _Subscription:
-    """The events of one session (and its sub-agent sessions), for one consumer."""
-
-    def __init__(self, session_id: str) -> None:
-        self.session_id = session_id
-        self._items: collections.deque[Event] = collections.deque()
-        self._failure: BaseException | None = None
-        # Waiting on an Event rather than a Queue: a wait that times out never loses an item.
-        self._ready = asyncio.Event()
-
-    def put(self, event: Event) -> None:
-        self._items.append(event)
-        self._ready.set()
-
-    def fail(self, error: BaseException) -> None:
-        if self._failure is None:
-            self._failure = error
-        self._ready.set()
-
-    async def get(self, timeout_s: float | None = None) -> Event | None:
-        """The next event, or ``None`` after ``timeout_s``; raises the server's failure.
-
-        Events that arrived before the failure are still delivered first.
-        """
-        while not self._items:
-            if self._failure is not None:
-                raise self._failure
-            self._ready.clear()
-            try:
-                await wait_within(self._ready.wait(), timeout_s)
-            except asyncio.TimeoutError:
-                return None
-        return self._items.popleft()
-
-
-class OpenCodeServer:
+class OpenCodeServer(ServerBase):
     """An ``opencode serve`` process owned by this object, or an existing server (:meth:`attach`).
 
     Use ``async with OpenCodeServer(run_cfg=cfg) as server:`` and open sessions on it with
-    :meth:`session`; leaving the block aborts running turns, ends the process and every process
-    it started, and removes its temp dirs.
+    :meth:`session`, or run one-shot prompts with :meth:`run`; leaving the block aborts running
+    turns, ends the process and every process it started, and removes its temp dirs.
 
     Args:
         binary: the opencode executable (``"opencode"``: ``OPENCODE_BINARY``, ``PATH``, then the
@@ -113,218 +52,6 @@ class OpenCodeServer:
             their own workspace; this only matters for requests without one.
         username: the basic-auth user name.
     """
-
-    def __init__(
-        self,
-        *,
-        binary: str | os.PathLike[str] = "opencode",
-        run_cfg: RunConfig | None = None,
-        isolate_db: bool = True,
-        data_home: str | os.PathLike[str] | None = None,
-        startup_timeout_s: float = 60.0,
-        cwd: str | os.PathLike[str] | None = None,
-        username: str = "opencode",
-    ) -> None:
-        cfg = RunConfig() if run_cfg is None else run_cfg
-        validate_config(cfg, allow_ask=True)
-        timeout = check_timeout(startup_timeout_s, "startup_timeout_s")
-        if not isinstance(username, str) or not username or ":" in username:
-            raise OpenCodeConfigError(f"username must be a non-empty string without ':', got {username!r}")
-        self.run_cfg = cfg
-        self._binary = os.fspath(binary)
-        self._isolate_db = bool(isolate_db)
-        self._data_home = data_home
-        self._startup_timeout_s = timeout or 60.0
-        self._cwd = os.fspath(cwd) if cwd is not None else None
-        self._username = username
-        self._password: str | None = secrets.token_urlsafe(24)
-        self._owned = True
-        self.url: str | None = None
-        self._transport: Transport | None = None
-        self._proc: OwnedProcess | None = None
-        self._prepared: PreparedEnvironment | None = None
-        self._stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._exited: asyncio.Future[int] | None = None
-        self._stderr_done: asyncio.Event | None = None
-        self._subs: dict[str, set[_Subscription]] = {}
-        self._parent_of: dict[str, str] = {}
-        self._sessions: set[OpenCodeSession] = set()
-        self._failure: OpenCodeServerError | None = None
-        self._failed: asyncio.Event | None = None
-        self._state = "new"  # new -> starting -> running -> closed
-        self._closing = False
-
-    @classmethod
-    def attach(cls, url: str, *, username: str = "opencode", password: str | None = None) -> OpenCodeServer:
-        """Use an existing ``opencode serve`` at ``url`` (started by you, maybe on another machine).
-
-        Nothing is started or ended: :meth:`aclose` only closes this object's sessions and
-        connections. ``password=None`` is for a server without a password.
-        """
-        if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
-            raise OpenCodeConfigError(f"url must be like 'http://host:port', got {url!r}")
-        server = cls(username=username)
-        server._owned = False
-        server._password = password
-        server.url = url.rstrip("/")
-        return server
-
-    def __repr__(self) -> str:
-        owned = "owned" if self._owned else "attached"
-        return f"OpenCodeServer(url={self.url!r}, {owned}, state={self._state!r}, password=***)"
-
-    # ------------------------------------------------------------------ properties
-
-    @property
-    def owned(self) -> bool:
-        """Whether this object started the server (and ends it)."""
-        return self._owned
-
-    @property
-    def alive(self) -> bool:
-        """Started, not closed, and no failure noticed."""
-        return self._state == "running" and self._failure is None
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the supervisor process that owns opencode and its children (owned servers)."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def stderr_tail(self) -> str:
-        """The server's last stderr lines (password removed)."""
-        return self._scrub("".join(self._stderr))
-
-    @property
-    def username(self) -> str:
-        return self._username
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def __aenter__(self) -> OpenCodeServer:
-        try:
-            await self.start()
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        """Start (or connect to) the server and its event stream. Idempotent.
-
-        Raises:
-            OpenCodeBinaryNotFoundError: no usable opencode.
-            OpenCodeServerError: opencode exited, did not announce its URL in time, or refused the
-                event stream (``status_code == 401``: wrong credentials for an attached server).
-        """
-        if self._state != "new":
-            if self._state == "closed":
-                raise OpenCodeError("this OpenCodeServer was closed; create a new one")
-            return
-        self._state = "starting"
-        self._failed = asyncio.Event()
-        if self._owned:
-            await self._spawn()
-        assert self.url is not None
-        self._transport = Transport(self.url, username=self._username, password=self._password)
-        connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._spawn_task(self._run_bus(connected))
-        waiters: set[asyncio.Future[Any]] = {connected}
-        if self._exited is not None:
-            waiters.add(self._exited)
-        done, _ = await asyncio.wait(
-            waiters, timeout=self._startup_timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        if connected in done and connected.exception() is None:
-            self._state = "running"
-            return
-        if self._failure is not None:
-            raise self._failure
-        if connected in done:
-            raise connected.exception()  # type: ignore[misc]
-        raise self._error(f"the opencode event stream did not connect within {self._startup_timeout_s:g} s")
-
-    async def _spawn(self) -> None:
-        binary = await asyncio.to_thread(_checked_binary, self._binary)
-        cwd = self._cwd or os.getcwd()
-        self._prepared = prepare_environment(
-            self.run_cfg, cwd=cwd, private_data=self._isolate_db, data_home=self._data_home, prefix="ocw_srv_"
-        )
-        env = self._prepared.env
-        assert self._password is not None
-        env["OPENCODE_SERVER_PASSWORD"] = self._password
-        env["OPENCODE_SERVER_USERNAME"] = self._username
-        proc = await OwnedProcess.start(
-            [binary, "serve", "--hostname", "127.0.0.1", "--port", "0"],
-            cwd=cwd,
-            env=env,
-            stdin_data=None,
-            cleanup_dirs=self._prepared.temp_dirs,
-        )
-        self._proc = proc
-        loop = asyncio.get_running_loop()
-        announced: asyncio.Future[str] = loop.create_future()
-        self._exited = loop.create_future()
-        self._stderr_done = asyncio.Event()
-        self._spawn_task(self._read_stdout(proc, announced))
-        self._spawn_task(self._read_stderr(proc))
-        self._spawn_task(self._watch(proc))
-        waiters: set[asyncio.Future[Any]] = {announced, self._exited}
-        done, _ = await asyncio.wait(
-            waiters, timeout=self._startup_timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        if announced in done:
-            self.url = announced.result()
-            return
-        if self._exited in done:
-            await self._settle_stderr()
-            raise self._error(f"opencode serve exited with code {self._exited.result()} before listening")
-        raise self._error(f"opencode serve did not announce its URL within {self._startup_timeout_s:g} s")
-
-    async def aclose(self) -> None:
-        """Abort running turns, close sessions, end the process tree, remove temp dirs. Idempotent."""
-        if self._state == "closed" or self._closing:
-            return
-        self._closing = True
-        await finish(self._close())
-
-    async def _close(self) -> None:
-        was_running = self.alive
-        for session in list(self._sessions):
-            # Aborts the session's running turn (and deletes it, if it should be) while the
-            # server still answers.
-            with contextlib.suppress(Exception):
-                await session._server_closing()
-        self._state = "closed"
-        if self._owned and was_running and self._transport is not None:
-            # Aborts every turn and kills every tool process before the process is signalled.
-            with contextlib.suppress(OpenCodeError):
-                await self._transport.request("POST", "/global/dispose", timeout_s=_DISPOSE_TIMEOUT_S)
-        self._fail_all(
-            OpenCodeServerError(exit_code=None, stderr="", message="the OpenCodeServer was closed")
-        )
-        if self._proc is not None:
-            await self._proc.end(_END_GRACE_S)
-        for task in list(self._tasks):
-            task.cancel()
-        await self._settle_tasks()
-        if self._transport is not None:
-            await self._transport.aclose()
-        if self._prepared is not None:
-            self._prepared.cleanup()
-
-    async def _settle_tasks(self) -> None:
-        pending = list(self._tasks)
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    # ------------------------------------------------------------------ sessions
 
     def session(
         self,
@@ -351,12 +78,10 @@ class OpenCodeServer:
             delete_on_exit: delete the opencode session when the block ends. Default: ``True``
                 for a new session, ``False`` for a resumed one. Pass ``False`` to resume it later.
 
-        ``run_cfg`` gives the session's ``model``/``agent``/``tools``; the server-global fields
-        (``permission``, ``mcp``...) always come from the server's own ``run_cfg``.
+        ``run_cfg`` gives the session's ``model``/``agent``/``tools``; a field that configures the
+        server (``permission``, ``mcp``...) and differs from the server's own is refused.
         """
-        from opencode_wrapper.session import OpenCodeSession
-
-        if self._closing:
+        if self.closing:
             raise OpenCodeError("the OpenCodeServer is closing")
         return OpenCodeSession(
             None,
@@ -374,234 +99,25 @@ class OpenCodeServer:
             _server=self,
         )
 
+    def _request(self, prompt: str, workspace: str | os.PathLike[str], options: dict[str, Any]) -> RunRequest:
+        # The server's own config is the base: a run changes model/agent/tools over it.
+        options["run_cfg"] = self.run_cfg.merged_with(options.get("run_cfg"))
+        return RunRequest.create(prompt, workspace, **options)
+
     async def run(
-        self,
-        prompt: str,
-        workspace: str | os.PathLike[str],
-        *,
-        run_cfg: RunConfig | None = None,
-        timeout_s: float | None = None,
-        log_file: str | os.PathLike[str] | None = None,
-        log_exclude_types: Iterable[str] | None = None,
-        on_event: EventCallback | None = None,
+        self, prompt: str, workspace: str | os.PathLike[str], **options: Unpack[RunOptions]
     ) -> RunResult:
-        """One prompt in a fresh session (deleted afterwards), like ``AsyncOpenCodeClient.async_run``.
+        """One prompt in a fresh session (deleted afterwards), with the options, result and errors of
+        ``async_run``.
 
-        Permission requests are rejected (nobody answers them), as ``opencode run`` does. Like
-        run mode, a model or session error raises :class:`OpenCodeProcessError` carrying the
-        result; a rejected permission is reported in ``result.error`` only. ``on_event`` is
-        called with each event of the turn as it arrives (an exception in it is logged and
-        ignored); ``log_file``/``log_exclude_types`` as for a session.
+        Permission requests and questions go to ``on_permission``/``on_question`` (none: they
+        are rejected, as ``opencode run`` does); ``output_schema`` and ``files`` work as for
+        :meth:`OpenCodeSession.send`.
         """
-        async with self.session(
-            workspace,
-            run_cfg=run_cfg,
-            timeout_s=timeout_s,
-            log_file=log_file,
-            log_exclude_types=log_exclude_types,
-            # The session is deleted right after: a generated title would be a model request
-            # nobody sees.
-            title=_ONE_SHOT_TITLE,
-        ) as session:
-            result = await session._send_observed(prompt, on_event)
-        if result.error is not None and result.error.kind in ("api_error", "session_error"):
-            raise OpenCodeProcessError(
-                exit_code=None,
-                stderr=self.stderr_tail,
-                events=result.events,
-                result=result,
-                message=f"opencode reported an error: {result.error}",
-            )
-        return result
+        return await run_request(ServerBackend(self), self._request(prompt, workspace, dict(options)))
 
-    # ------------------------------------------------------------------ internals used by sessions
-
-    def _check_usable(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if self._state != "running":
-            if self._state == "closed":
-                raise OpenCodeError("the OpenCodeServer was closed")
-            raise OpenCodeError(
-                "the OpenCodeServer is not running: use 'async with OpenCodeServer(...)' or call start()"
-            )
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, str] | None = None,
-        json_body: Any = None,
-        timeout_s: float | None = 60.0,
-    ) -> Any:
-        self._check_usable()
-        assert self._transport is not None
-        try:
-            return await self._transport.request(
-                method, path, params=params, json_body=json_body, timeout_s=timeout_s
-            )
-        except ServerHTTPError as exc:
-            exc.stderr = self.stderr_tail if exc.status_code >= 500 else ""
-            raise
-        except OpenCodeServerError as exc:
-            # The connection failed: if the server is dying, the watcher says why in a moment.
-            failure = await self._wait_failure(_SETTLE_S * 2)
-            if failure is not None:
-                raise failure from exc
-            exc.stderr = self.stderr_tail
-            raise
-
-    def _subscribe(self, session_id: str) -> _Subscription:
-        self._check_usable()
-        sub = _Subscription(session_id)
-        self._subs.setdefault(session_id, set()).add(sub)
-        return sub
-
-    def _unsubscribe(self, sub: _Subscription) -> None:
-        subs = self._subs.get(sub.session_id)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[sub.session_id]
-
-    def _add_session(self, session: OpenCodeSession) -> None:
-        self._sessions.add(session)
-
-    def _remove_session(self, session: OpenCodeSession) -> None:
-        self._sessions.discard(session)
-
-    # ------------------------------------------------------------------ background tasks
-
-    def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _read_stdout(self, proc: OwnedProcess, announced: asyncio.Future[str]) -> None:
-        async for raw in iter_lines(proc.stdout):
-            line = raw.decode("utf-8", errors="replace")
-            if not announced.done():
-                match = _LISTENING.search(line)
-                if match:
-                    announced.set_result(match.group(1))
-                    continue
-            self._stderr.append(line + "\n")  # nothing else is expected on stdout: keep it as a clue
-
-    async def _read_stderr(self, proc: OwnedProcess) -> None:
-        try:
-            async for raw in iter_lines(proc.stderr):
-                self._stderr.append(raw.decode("utf-8", errors="replace") + "\n")
-        finally:
-            assert self._stderr_done is not None
-            self._stderr_done.set()
-
-    async def _watch(self, proc: OwnedProcess) -> None:
-        code = await proc.wait()
-        assert self._exited is not None
-        if not self._exited.done():
-            self._exited.set_result(code)
-        if self._state in ("running", "starting"):
-            await self._settle_stderr()
-            self._fail_all(self._error(f"the opencode server exited unexpectedly ({_describe_exit(code)})"))
-
-    async def _settle_stderr(self) -> None:
-        if self._stderr_done is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await wait_within(self._stderr_done.wait(), _SETTLE_S)
-
-    async def _run_bus(self, connected: asyncio.Future[None]) -> None:
-        assert self._transport is not None
-        try:
-            async for payload in self._transport.global_events():
-                if not connected.done():
-                    connected.set_result(None)
-                self._dispatch(make_event(payload))
-            raise OpenCodeServerError(
-                exit_code=None, stderr="", message="the opencode server closed its event stream"
-            )
-        except asyncio.CancelledError:
-            raise
-        except OpenCodeServerError as exc:
-            if not connected.done():
-                connected.set_exception(exc)
-            if self._state not in ("running", "starting"):
-                return
-            if self._exited is not None:
-                # A dying process breaks the stream first; wait a moment for the exit status.
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await wait_within(asyncio.shield(self._exited), _SETTLE_S)
-                if self._failure is not None:
-                    return
-                if self._exited.done():
-                    await self._settle_stderr()
-                    exc = self._error(
-                        f"the opencode server exited unexpectedly ({_describe_exit(self._exited.result())})"
-                    )
-            if isinstance(exc, ServerHTTPError):
-                self._fail_all(exc)
-            else:
-                self._fail_all(self._error(exc.message or str(exc)))
-
-    def _dispatch(self, event: Event) -> None:
-        kind = event.type
-        if kind == "server.heartbeat":
-            # A tick for every consumer: turns use it for their lost-idle safety net.
-            for subs in self._subs.values():
-                for sub in subs:
-                    sub.put(event)
-            return
-        session_id = event.session_id
-        if session_id is None:
-            return
-        if kind in ("session.created", "session.updated"):
-            info = event.properties.get("info")
-            parent = info.get("parentID") if isinstance(info, dict) else None
-            if isinstance(parent, str) and parent:
-                # A sub-agent session (task tool): its events, including its permission requests,
-                # go to the consumers of the root session.
-                self._parent_of[session_id] = self._parent_of.get(parent, parent)
-        root = self._parent_of.get(session_id, session_id)
-        for sub in self._subs.get(root, ()):
-            sub.put(event)
-
-    # ------------------------------------------------------------------ failures
-
-    def _error(self, message: str) -> OpenCodeServerError:
-        code = self._exited.result() if self._exited is not None and self._exited.done() else None
-        return OpenCodeServerError(exit_code=code, stderr=self.stderr_tail, message=message)
-
-    def _fail_all(self, error: OpenCodeServerError) -> None:
-        if self._failure is None and self._state != "closed":
-            self._failure = error
-        for subs in self._subs.values():
-            for sub in subs:
-                sub.fail(self._failure or error)
-        if self._failed is not None:
-            self._failed.set()
-
-    async def _wait_failure(self, timeout_s: float) -> OpenCodeServerError | None:
-        if self._failure is None and self._failed is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await wait_within(self._failed.wait(), timeout_s)
-        return self._failure
-
-    def _scrub(self, text: str) -> str:
-        if self._password:
-            text = text.replace(self._password, "***")
-        return text
-
-
-def _checked_binary(binary: str) -> str:
-    path = resolve_binary(binary)
-    check_version(path)
-    return path
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        return f"killed by signal {-code}"
-    if code > 128:
-        return f"exit status {code} (signal {code - 128}?)"
-    return f"exit status {code}"
+    def stream(
+        self, prompt: str, workspace: str | os.PathLike[str], **options: Unpack[RunOptions]
+    ) -> AsyncIterator[Event]:
+        """:meth:`run`, yielding the events live (text deltas included); raises like it at the end."""
+        return stream_request(ServerBackend(self), self._request(prompt, workspace, dict(options)))

@@ -20,7 +20,7 @@ from opencode_wrapper._cli.observe import choose_backend, closing, iter_observed
 from opencode_wrapper._cli.output import Output
 from opencode_wrapper._cli.results import ResultWriter, outcome_record
 from opencode_wrapper._cli.tasks_file import load_tasks
-from opencode_wrapper.batch import Backend
+from opencode_wrapper.batch import BackendName
 
 DESCRIPTION = """\
 Run many agents at once. TASKS.jsonl holds one JSON object per line: "prompt" and "workspace"
@@ -92,7 +92,7 @@ def handle(args: argparse.Namespace) -> int:
 
 
 async def _batch(args: argparse.Namespace) -> int:
-    backend: Backend = choose_backend(args.backend)
+    backend: BackendName = choose_backend(args.backend)
     out_path = args.out or default_out(args.tasks)
     # With results on stdout, the view goes to stderr.
     view_out = Output(sys.stderr) if out_path == "-" else Output()

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import signal
 import time
-from dataclasses import replace
 from typing import Any
 
 from opencode_wrapper._cli.chat_view import TurnPrinter
@@ -70,7 +69,7 @@ def chat_config(cfg: RunConfig) -> RunConfig:
         return cfg
     permission: dict[str, Any] = {tool: "ask" for tool in ASKED_TOOLS}
     permission.update(own or {})
-    return replace(cfg, permission=permission)
+    return cfg.replace(permission=permission)
 
 
 class _Chat:

@@ -10,7 +10,7 @@ from typing import Any
 from opencode_wrapper._cli.common import add_binary_option, run_async
 from opencode_wrapper._cli.observe import choose_backend
 from opencode_wrapper._cli.output import Output
-from opencode_wrapper.batch import Backend
+from opencode_wrapper.batch import BackendName
 from opencode_wrapper.config import RunConfig
 
 DESCRIPTION = """\
@@ -51,7 +51,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from opencode_wrapper.testing import OfflineModelServer
 
     resolve_binary(args.binary)  # fail early, with advice, before anything is generated
-    backend: Backend = choose_backend(args.backend)
+    backend: BackendName = choose_backend(args.backend)
     out = Output()
     with tempfile.TemporaryDirectory(prefix="opencode-demo-") as tmp:
         root = Path(tmp)

@@ -16,11 +16,10 @@ from opencode_wrapper._cli.common import (
     offline_model,
     run_async,
 )
-from opencode_wrapper._cli.observe import run_observed
 from opencode_wrapper._cli.output import Output
 from opencode_wrapper._cli.render import event_lines, result_line, result_record
 from opencode_wrapper.client import AsyncOpenCodeClient
-from opencode_wrapper.errors import OpenCodeCancelledError, OpenCodeProcessError, OpenCodeTimeoutError
+from opencode_wrapper.errors import OpenCodeRunError
 from opencode_wrapper.events import Event, RunError, RunResult
 
 DESCRIPTION = """\
@@ -82,13 +81,13 @@ async def _run(args: argparse.Namespace) -> int:
 
     with offline_model(args) as cfg:
         try:
-            result = await run_observed(
-                client, prompt, args.workspace, run_cfg=cfg, timeout_s=args.timeout, on_event=show
+            result = await client.async_run(
+                prompt, args.workspace, run_cfg=cfg, timeout_s=args.timeout, on_event=show
             )
-        except (OpenCodeProcessError, OpenCodeTimeoutError, OpenCodeCancelledError) as exc:
+        except OpenCodeRunError as exc:  # the real result: exit code, stderr, error
             result = exc.result if exc.result is not None else RunResult()
             if result.error is None:
-                result.error = RunError(kind="process_exit", message=str(exc))
+                result.error = RunError(kind="internal_error", message=str(exc))
         except asyncio.CancelledError:  # Ctrl-C: the run and its processes are already ended
             print("interrupted: the run was stopped and its processes ended", file=sys.stderr, flush=True)
             raise

@@ -9,13 +9,17 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
-from opencode_wrapper.errors import OpenCodeBinaryNotFoundError
+from opencode_wrapper.errors import OpenCodeBinaryNotFoundError, OpenCodeVersionError
 
 #: The opencode release this package is tested against (npm package ``opencode-ai``).
 OPENCODE_VERSION = "1.18.33"
 #: Versions outside ``[MIN, MAX)`` get a warning: their event shapes and quirks are untested.
 TESTED_VERSION_MIN = (1, 18, 0)
 TESTED_VERSION_MAX = (1, 19, 0)
+#: Versions outside ``[MIN, MAX)`` are refused: opencode 2.x moved its server API under ``/api/...``
+#: and older releases hang on permissions in headless runs.
+SUPPORTED_VERSION_MIN = (1, 18, 0)
+SUPPORTED_VERSION_MAX = (2, 0, 0)
 
 _NPM_PACKAGE = "opencode-ai"
 _INSTALL_HINT = (
@@ -125,9 +129,38 @@ def binary_version(binary: str) -> tuple[int, int, int]:
     return version
 
 
+def supported_range() -> str:
+    """The supported versions, as text: ``">=1.18.0, <2.0.0"``."""
+    low = ".".join(map(str, SUPPORTED_VERSION_MIN))
+    high = ".".join(map(str, SUPPORTED_VERSION_MAX))
+    return f">={low}, <{high}"
+
+
+def check_supported(version: tuple[int, int, int], where: str) -> None:
+    """Refuse a version outside the supported range.
+
+    Raises:
+        OpenCodeVersionError: naming the version, where it was found and the supported range.
+    """
+    if SUPPORTED_VERSION_MIN <= version < SUPPORTED_VERSION_MAX:
+        return
+    shown = ".".join(map(str, version))
+    raise OpenCodeVersionError(
+        f"opencode {shown} ({where}) is not supported: this package drives opencode {supported_range()} "
+        f"(opencode 2.x serves a different API under /api/...). {_INSTALL_HINT}",
+        version=shown,
+        supported=supported_range(),
+    )
+
+
 def check_version(binary: str) -> tuple[int, int, int]:
-    """Return the binary's version, warning once if it is outside the tested range."""
+    """Return the binary's version; refuse an unsupported one, warn once outside the tested range.
+
+    Raises:
+        OpenCodeVersionError: the version is outside :func:`supported_range`.
+    """
     version = binary_version(binary)
+    check_supported(version, binary)
     if not TESTED_VERSION_MIN <= version < TESTED_VERSION_MAX:
         _warn_untested(binary, version)
     return version

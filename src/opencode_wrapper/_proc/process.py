@@ -3,6 +3,12 @@
 Every opencode process this package starts goes through :class:`OwnedProcess`, which puts the
 supervisor from ``reaper.py`` between us and opencode. Ending an ``OwnedProcess`` ends
 opencode *and* every process it started, even the ones that left its session.
+
+Second line of defence: every process of the tree carries a unique tag in
+``$OPENCODE_WRAPPER_TAGS`` (inherited by all children). Should the supervisor itself be killed
+(``pkill -9 -f opencode`` matches its command line), its orphans are re-parented to init; when
+the ``OwnedProcess`` ends, a sweep finds our uid's processes still carrying the tag (in
+``/proc/<pid>/environ``) and kills them by PID.
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ import contextlib
 import os
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 from opencode_wrapper._aio import complete, finish, wait_within
+from opencode_wrapper._proc.cleanup import CleanupAction, reaper_args
+from opencode_wrapper._proc.reaper import TAGS_ENV, add_tag, kill_tagged
 
 _REAPER = str(Path(__file__).with_name("reaper.py"))
 _READ_CHUNK = 1 << 16
@@ -34,9 +43,11 @@ class OwnedProcess:
     :meth:`wait`; :meth:`end` is safe to call at any time, any number of times.
     """
 
-    def __init__(self, proc: asyncio.subprocess.Process, watch_fd: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, watch_fd: int, tag: str = "") -> None:
         self._proc = proc
         self._watch_fd: int | None = watch_fd
+        self._tag = tag
+        self._sweep_task: asyncio.Future[list[int]] | None = None
 
     @classmethod
     async def start(
@@ -47,6 +58,7 @@ class OwnedProcess:
         env: Mapping[str, str],
         stdin_data: bytes | None,
         cleanup_dirs: Sequence[str | os.PathLike[str]] = (),
+        cleanup: Sequence[CleanupAction] = (),
     ) -> OwnedProcess:
         """Spawn ``argv`` under the reaper.
 
@@ -54,39 +66,29 @@ class OwnedProcess:
         /dev/null). opencode reads stdin to EOF, so it must never see an open, idle pipe.
         ``cleanup_dirs`` are removed by the reaper if this process dies without removing them
         (e.g. SIGKILL); normally the caller removes them after :meth:`end`/:meth:`wait`.
+        ``cleanup`` are more such actions (:class:`~opencode_wrapper._proc.cleanup.RemoveTree`,
+        :class:`~opencode_wrapper._proc.cleanup.RemoveGitWorktree`), done only if this process
+        dies, after the whole tree is gone (so nothing of the run can write into a worktree
+        being removed), in the order given, after ``cleanup_dirs``.
+
+        ``env`` gets one more variable: ``$OPENCODE_WRAPPER_TAGS`` with this process's
+        :attr:`tag` appended.
         """
+        extra = reaper_args(list(cleanup))  # bad actions fail here, before anything is spawned
         remove = [arg for path in cleanup_dirs for arg in ("--rm", os.fspath(path))]
-        watch_r, watch_w = os.pipe()
-        # A cancellation must not cut the spawn short: asyncio's own clean-up would SIGKILL the
-        # supervisor alone, after it may have started opencode, which would then be orphaned.
-        # So the spawn always completes, and a cancelled start ends what it started.
-        try:
-            proc, cancelled = await complete(
-                asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    _REAPER,
-                    str(watch_r),
-                    *remove,
-                    "--",
-                    *argv,
-                    cwd=cwd,
-                    env=dict(env),
-                    stdin=asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    pass_fds=(watch_r,),
-                    start_new_session=True,
-                )
-            )
-        except BaseException:
-            os.close(watch_w)
-            raise
-        finally:
-            os.close(watch_r)
+        tag = uuid.uuid4().hex
+        tagged_env = dict(env)
+        tagged_env[TAGS_ENV] = add_tag(env.get(TAGS_ENV), tag)
+        proc, watch_w, cancelled = await spawn_reaper(
+            [*remove, *extra, "--", *argv],
+            cwd=cwd,
+            env=tagged_env,
+            stdin=asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         _widen_pipe(proc, 1)
-        owned = cls(proc, watch_w)
+        owned = cls(proc, watch_w, tag)
         if cancelled:
             await finish(owned.end())
             raise asyncio.CancelledError
@@ -113,6 +115,20 @@ class OwnedProcess:
         return self._proc.pid
 
     @property
+    def tag(self) -> str:
+        """This tree's tag: every process of it carries it in ``$OPENCODE_WRAPPER_TAGS``."""
+        return self._tag
+
+    @property
+    def swept(self) -> list[int] | None:
+        """PIDs the end-of-life sweep had to kill (``[]`` normally; ``None`` before the sweep).
+
+        Non-empty only when processes of the tree outlived its supervisor (it was killed)."""
+        if self._sweep_task is None or not self._sweep_task.done() or self._sweep_task.cancelled():
+            return None
+        return self._sweep_task.result()
+
+    @property
     def returncode(self) -> int | None:
         """opencode's exit status once ended (negative: killed by that signal)."""
         return self._proc.returncode
@@ -130,12 +146,18 @@ class OwnedProcess:
     async def wait(self) -> int:
         """Wait until opencode and everything it started are gone; return the exit status."""
         try:
-            return await self._proc.wait()
+            code = await self._proc.wait()
         finally:
             self._release()
+        await self._sweep()
+        return code
 
     async def end(self, grace_s: float = 5.0) -> int:
-        """End the whole tree now (SIGTERM to the supervisor, SIGKILL after ``grace_s``)."""
+        """End the whole tree now (SIGTERM to the supervisor, SIGKILL after ``grace_s``).
+
+        Then sweep: any process still carrying :attr:`tag` (the supervisor was killed and its
+        orphans went to init) is killed by PID, and this returns once they are gone.
+        """
         if self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGTERM)
@@ -147,7 +169,16 @@ class OwnedProcess:
                     os.killpg(self._proc.pid, signal.SIGKILL)
         code = await asyncio.shield(self._proc.wait())
         self._release()
+        await self._sweep()
         return code
+
+    async def _sweep(self) -> None:
+        """Kill (once) what still carries our tag; runs in a thread: it reads /proc and may wait."""
+        if not self._tag:
+            return
+        if self._sweep_task is None:
+            self._sweep_task = asyncio.ensure_future(asyncio.to_thread(kill_tagged, self._tag))
+        await asyncio.shield(self._sweep_task)
 
     def _release(self) -> None:
         if self._feed_task is not None and not self._feed_task.done():
@@ -155,6 +186,49 @@ class OwnedProcess:
         if self._watch_fd is not None:
             os.close(self._watch_fd)
             self._watch_fd = None
+
+
+async def spawn_reaper(
+    reaper_argv: Sequence[str],
+    *,
+    cwd: str,
+    env: Mapping[str, str],
+    stdin: int,
+    stdout: int,
+    stderr: int,
+) -> tuple[asyncio.subprocess.Process, int, bool]:
+    """Start ``reaper.py WATCH_FD *reaper_argv`` in a new session; return it, the watch pipe's write
+    end (close it to tell the reaper its owner is gone) and whether we were cancelled meanwhile.
+
+    A cancellation must not cut the spawn short: asyncio's own clean-up would SIGKILL the
+    supervisor alone, after it may have started opencode, which would then be orphaned. So the
+    spawn always completes, and the caller ends what was started if it was cancelled.
+    """
+    watch_r, watch_w = os.pipe()
+    try:
+        proc, cancelled = await complete(
+            asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",
+                "-S",
+                _REAPER,
+                str(watch_r),
+                *reaper_argv,
+                cwd=cwd,
+                env=dict(env),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=(watch_r,),
+                start_new_session=True,
+            )
+        )
+    except BaseException:
+        os.close(watch_w)
+        raise
+    finally:
+        os.close(watch_r)
+    return proc, watch_w, cancelled
 
 
 def _widen_pipe(proc: asyncio.subprocess.Process, fd: int) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeAlias
 from opencode_wrapper.errors import OpenCodeConfigError
 
 __all__ = [
+    "DEFAULT_CALLBACK_TIMEOUT_S",
     "PermissionCallback",
     "PermissionDecision",
     "PermissionReply",
@@ -25,6 +26,9 @@ __all__ = [
 ]
 
 PermissionDecision: TypeAlias = Literal["once", "always", "reject"]
+
+#: How long a permission or question callback may take before the request is rejected.
+DEFAULT_CALLBACK_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Private parts of :mod:`opencode_wrapper.isolation` (git, diffs, copies)."""

@@ -1,0 +1,1 @@
+"""The result and event model, below every transport: events, errors, the accumulator, outcomes."""

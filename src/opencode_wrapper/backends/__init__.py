@@ -1,0 +1,1 @@
+"""Backends: where a run happens. ``RunRequest`` in, ``RunHandle`` out (see ``base``)."""

@@ -1,0 +1,227 @@
+"""``RunHandle``: one run in progress, whatever the backend.
+
+A handle is an async iterator of the run's events, an async context manager that ends the run
+(and every process it started) on exit, ``abort()``, and the :class:`RunResult` at the end::
+
+    async with backend.open(request) as run:      # starts the run
+        async for event in run:                   # live events (optional)
+            ...
+    result = run.result                           # never raises for a failed run: see result.error
+
+The run is one task owned by the handle. Every event passes through one place (``_emit``): the
+result's accumulator, the log file, ``on_event`` and the iterator. Stopping a run for any reason
+(its ``timeout_s``, ``abort()``, leaving the ``async with`` block early, the caller being
+cancelled) cancels that task: the backend's clean-up ends the processes or aborts the turn, and
+the result says why it stopped.
+
+Contract for backends (subclasses): implement ``_produce`` (do the run, calling ``_emit`` with
+each event; failures of the run end up in the result, not as exceptions) and ``_partial`` (the
+result so far: called once ``_produce`` has ended, normally or by cancellation). An exception
+from ``_produce`` that is not about the run's outcome (bad set-up: no binary, unsupported version)
+is raised to whoever waits for the handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from abc import ABC, abstractmethod
+from types import TracebackType
+
+from opencode_wrapper._aio import finish
+from opencode_wrapper._eventlog import EventLog
+from opencode_wrapper._model.event import Event
+from opencode_wrapper._model.outcome import RunResult
+from opencode_wrapper._model.run_error import RunError
+from opencode_wrapper._observers import notify
+from opencode_wrapper.backends.request import RunRequest
+
+__all__ = ["RunHandle"]
+
+
+class RunHandle(ABC):
+    """One run in progress (see the module docstring).
+
+    Attributes:
+        request: what the run was asked to do.
+        backend: the name of the backend running it (``"run"``, ``"server"``, ``"pool"``...).
+    """
+
+    backend: str = "?"
+
+    def __init__(self, request: RunRequest) -> None:
+        self.request = request
+        self._buffer: collections.deque[Event] = collections.deque()
+        self._buffering = True
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._log: EventLog | None = None
+        self._stop_reason: RunError | None = None
+        self._result: RunResult | None = None
+        self._exception: BaseException | None = None
+
+    def __repr__(self) -> str:
+        state = "new" if self._task is None else "done" if self.done else "running"
+        return f"<{type(self).__name__} backend={self.backend!r} {state}>"
+
+    # ------------------------------------------------------------------ backend contract
+
+    @abstractmethod
+    async def _produce(self) -> None:
+        """Do the run; call :meth:`_emit` with each event as it arrives."""
+
+    @abstractmethod
+    def _partial(self) -> RunResult:
+        """The result of what was done (after ``_produce`` ended, however it ended)."""
+
+    def _emit(self, event: Event) -> None:
+        """Pass one event of the run on: log file, ``on_event``, the iterator."""
+        if self._log is not None:
+            self._log.write(event)
+        notify(self.request.on_event, event)
+        if self._buffering:
+            self._buffer.append(event)
+            self._wakeup.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> RunHandle:
+        """Start the run now (entering, iterating or waiting start it too). Idempotent.
+
+        Raises:
+            OpenCodeConfigError: ``log_file`` cannot be opened (nothing was started).
+        """
+        if self._task is not None:
+            return self
+        if self.request.log_file is not None:
+            self._log = EventLog(self.request.log_file, self.request.log_exclude_types)
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._main())
+        timeout = self.request.timeout_s
+        if timeout is not None:
+            self._timer = loop.call_later(
+                timeout,
+                self.stop,
+                RunError(
+                    kind="timeout",
+                    message=f"no result within timeout_s={timeout!r}; the run was ended",
+                    detail={"timeout_s": timeout},
+                ),
+            )
+        return self
+
+    async def _main(self) -> None:
+        try:
+            try:
+                if self._stop_reason is None:  # stopped before it started: nothing to do
+                    await self._produce()
+            except asyncio.CancelledError:
+                if self._stop_reason is None:
+                    # Not one of ours (the loop is shutting down): keep what was done, then go on.
+                    self._stop_reason = RunError(kind="cancelled", message="the run's task was cancelled")
+                    self._result = self._finished_result()
+                    raise
+                task = asyncio.current_task()
+                uncancel = getattr(task, "uncancel", None)
+                if uncancel is not None:  # Python >= 3.11: this cancellation was ours, and is handled
+                    uncancel()
+            except Exception as exc:
+                self._exception = exc
+            if self._exception is None:
+                self._result = self._finished_result()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._log is not None:
+                self._log.close()
+            self._wakeup.set()
+
+    def _finished_result(self) -> RunResult:
+        result = self._partial()
+        if self._stop_reason is not None:
+            result.error = self._stop_reason
+        return result
+
+    def stop(self, reason: RunError) -> None:
+        """End the run now (or, before it started, make it end at once); ``reason`` becomes its error.
+
+        Does nothing once the run ended or was already told to stop.
+        """
+        if self.done or self._stop_reason is not None:
+            return
+        self._stop_reason = reason
+        if self._task is not None:
+            self._task.cancel()
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has ended (and its processes with it)."""
+        return self._task is not None and self._task.done()
+
+    @property
+    def result(self) -> RunResult:
+        """The run's result, once it ended (its ``error`` says whether and why it failed)."""
+        if not self.done:
+            raise RuntimeError("the run has not ended yet: await run.wait() or iterate it to its end")
+        if self._exception is not None:
+            raise self._exception
+        if self._result is None:
+            raise RuntimeError("the run's task was cancelled before it had a result")
+        return self._result
+
+    async def wait(self) -> RunResult:
+        """Wait for the end of the run and return its result (events are no longer buffered).
+
+        If the caller is cancelled meanwhile, the run is ended first, then the cancellation goes on.
+        """
+        self.start()
+        self._buffering = False
+        self._buffer.clear()
+        assert self._task is not None
+        try:
+            await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if not self._task.done():
+                self.stop(RunError(kind="cancelled", message="the caller was cancelled; the run was ended"))
+                await finish(asyncio.shield(self._task))
+            raise
+        return self.result
+
+    async def abort(self) -> RunResult:
+        """End the run now (``error.kind == "aborted"``) and return its result."""
+        self.stop(RunError(kind="aborted", message="the run was aborted"))
+        return await self.wait()
+
+    async def aclose(self) -> None:
+        """End the run if it still runs, and wait until it (and its processes) ended."""
+        if self._task is None or self._task.done():
+            return
+        self.stop(RunError(kind="aborted", message="the run was closed before it ended"))
+        await finish(asyncio.shield(self._task))
+
+    async def __aenter__(self) -> RunHandle:
+        return self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ events
+
+    def __aiter__(self) -> RunHandle:
+        return self
+
+    async def __anext__(self) -> Event:
+        self.start()
+        assert self._task is not None
+        while True:
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._task.done():
+                if self._exception is not None:
+                    raise self._exception
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()

@@ -1,0 +1,256 @@
+"""``ServerPool``: lazily started, shared, capped warm servers; a backend for one-shot runs.
+
+A run on a warm server skips opencode's start-up and shares one process's memory with the other
+runs on it. Runs whose server-global config (permission, mcp, instructions, provider config,
+environment, data dir) is equal share servers; a different config gets its own. A server that
+died is replaced by a fresh one for the next run; a server that fails to start is retried
+(``max_retries`` of the run) before the run fails with ``server_failure``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from opencode_wrapper._lean import lean_run_config
+from opencode_wrapper._model.outcome import RunResult
+from opencode_wrapper._server.base import ServerBase
+from opencode_wrapper.backends.base import Backend, run_request
+from opencode_wrapper.backends.handle import RunHandle
+from opencode_wrapper.backends.request import RunOptions, RunRequest
+from opencode_wrapper.backends.server import ServerRun, check_for_server
+from opencode_wrapper.config import RunConfig
+from opencode_wrapper.errors import OpenCodeConfigError, OpenCodeError, OpenCodeServerError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["ServerPool", "default_max_servers"]
+
+# Measured: one warm server holds ~0.7-0.8 GB after work, and runs are CPU-bound.
+_SERVER_MEMORY_BYTES = 1_000_000_000
+
+
+def default_max_servers() -> int:
+    """One server per CPU, fewer if memory is short (about 1 GB per server)."""
+    cpus = os.cpu_count() or 1
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return cpus
+    return max(1, min(cpus, available // _SERVER_MEMORY_BYTES))
+
+
+@dataclass
+class _Slot:
+    server: ServerBase
+    key: str
+    load: int = 0
+
+
+def _positive_int(value: object, name: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise OpenCodeConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+class ServerPool(Backend):
+    """Lazily started, reused, capped warm servers; all ended by :meth:`aclose`.
+
+    Args:
+        binary: the opencode binary (as for :class:`AsyncOpenCodeClient`).
+        max_servers: the most servers alive at once (default :func:`default_max_servers`).
+        sessions_per_server: start another server for the same config once every one of them
+            runs this many sessions (if ``max_servers`` allows).
+        lean: start servers with the lean profile (see the README's "Lean profile").
+        isolate_db: give each server a private data dir.
+        startup_concurrency: how many servers may start at the same moment.
+        startup_delay_s: how long each start holds its slot.
+
+    Use as ``async with ServerPool() as pool: await pool.run(prompt, workspace)``, or as the
+    backend of ``run_many(tasks, pool=pool)``.
+    """
+
+    name = "pool"
+
+    def __init__(
+        self,
+        *,
+        binary: str | os.PathLike[str] = "opencode",
+        max_servers: int | None = None,
+        sessions_per_server: int = 8,
+        lean: bool = False,
+        isolate_db: bool = True,
+        startup_concurrency: int | None = None,
+        startup_delay_s: float = 0.0,
+    ) -> None:
+        _positive_int(max_servers, "max_servers")
+        _positive_int(sessions_per_server, "sessions_per_server")
+        _positive_int(startup_concurrency, "startup_concurrency")
+        self._binary = binary
+        self._max_servers = max_servers or default_max_servers()
+        self._per_server = sessions_per_server
+        self.lean = bool(lean)
+        self._isolate_db = isolate_db
+        self._startup = asyncio.Semaphore(startup_concurrency) if startup_concurrency else None
+        self._startup_delay_s = float(startup_delay_s)
+        self._slots: list[_Slot] = []
+        self._starting: dict[str, asyncio.Task[_Slot]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Condition()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ServerPool(servers={len(self._slots)}, max_servers={self._max_servers}, lean={self.lean})"
+
+    @property
+    def servers(self) -> list[ServerBase]:
+        """The servers alive now."""
+        return [slot.server for slot in self._slots]
+
+    @property
+    def capacity(self) -> int:
+        return self._max_servers * self._per_server
+
+    async def __aenter__(self) -> ServerPool:
+        return self
+
+    async def run(
+        self, prompt: str, workspace: str | os.PathLike[str], **options: Unpack[RunOptions]
+    ) -> RunResult:
+        """One-shot run on a warm server; the same options, result and errors as ``async_run``.
+
+        A fresh session is opened for the run and deleted after it.
+        """
+        return await run_request(self, RunRequest.create(prompt, workspace, **options))
+
+    # ------------------------------------------------------------------ backend
+
+    def check(self, request: RunRequest) -> None:
+        check_for_server(request, self.name)
+        if self._closed:
+            raise OpenCodeError("the ServerPool is closed")
+
+    def _handle(self, request: RunRequest) -> RunHandle:
+        slot: _Slot | None = None
+
+        async def acquire() -> ServerBase:
+            nonlocal slot
+            slot = await self._acquire_retrying(request)
+            return slot.server
+
+        async def release(_: ServerBase) -> None:
+            if slot is not None:
+                await self._release(slot)
+
+        return ServerRun(request, acquire, release, backend=self.name)
+
+    async def aclose(self) -> None:
+        """End every server (running turns are aborted first). Safe to call twice."""
+        self._closed = True
+        for task in self._starting.values():
+            task.cancel()
+        await asyncio.gather(*self._starting.values(), return_exceptions=True)
+        slots, self._slots = self._slots, []
+        await asyncio.gather(
+            *(slot.server.aclose() for slot in slots), *self._retiring, return_exceptions=True
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def server_config(self, cfg: RunConfig) -> RunConfig:
+        """The config a server for runs of ``cfg`` is started with."""
+        return lean_run_config(cfg) if self.lean else cfg
+
+    @staticmethod
+    def _key(request: RunRequest) -> str:
+        return json.dumps([request.config.server_key(), request.data_home])
+
+    async def _acquire_retrying(self, request: RunRequest) -> _Slot:
+        """A slot for ``request``; a server that fails to start is retried ``max_retries`` times."""
+        for attempt in range(request.max_retries + 1):
+            try:
+                return await self._acquire(request)
+            except OpenCodeServerError:
+                if attempt == request.max_retries:
+                    raise
+                await asyncio.sleep(request.retry_delay_s)
+        raise AssertionError("unreachable")
+
+    async def _acquire(self, request: RunRequest) -> _Slot:
+        """Reserve a session slot on a server for ``request``, starting one if that is allowed."""
+        key = self._key(request)
+        async with self._changed:
+            while True:
+                if self._closed:
+                    raise OpenCodeError("the ServerPool is closed")
+                self._drop_dead()
+                best = min((s for s in self._slots if s.key == key), key=lambda s: s.load, default=None)
+                if best is not None and best.load < self._per_server:
+                    best.load += 1
+                    return best
+                if key in self._starting:
+                    await self._wait_unlocked(self._starting[key])
+                    continue
+                if len(self._slots) + len(self._starting) < self._max_servers:
+                    self._starting[key] = asyncio.ensure_future(self._start(request, key))
+                    await self._wait_unlocked(self._starting[key])
+                    continue
+                if best is not None:  # at the cap: share the least loaded server
+                    best.load += 1
+                    return best
+                idle = next((s for s in self._slots if s.load == 0), None)
+                if idle is not None:  # at the cap, no server for this config: retire an idle one
+                    self._slots.remove(idle)
+                    await idle.server.aclose()
+                    continue
+                await self._changed.wait()
+
+    async def _wait_unlocked(self, starting: asyncio.Task[_Slot]) -> None:
+        """Wait for a server start without holding the lock; raise its start-up error."""
+        self._changed.release()
+        try:
+            await asyncio.shield(starting)
+        finally:
+            await self._changed.acquire()
+
+    async def _start(self, request: RunRequest, key: str) -> _Slot:
+        server = ServerBase(
+            binary=self._binary,
+            run_cfg=self.server_config(request.config),
+            isolate_db=self._isolate_db,
+            data_home=request.data_home,
+        )
+        try:
+            async with self._startup if self._startup is not None else contextlib.nullcontext():
+                await server.start()
+                if self._startup_delay_s > 0:
+                    await asyncio.sleep(self._startup_delay_s)
+        except BaseException:
+            await server.aclose()
+            async with self._changed:
+                self._starting.pop(key, None)
+                self._changed.notify_all()
+            raise
+        slot = _Slot(server=server, key=key)
+        async with self._changed:
+            self._starting.pop(key, None)
+            self._slots.append(slot)
+            self._changed.notify_all()
+        return slot
+
+    async def _release(self, slot: _Slot) -> None:
+        async with self._changed:
+            slot.load -= 1
+            self._changed.notify_all()
+
+    def _drop_dead(self) -> None:
+        """Forget servers that died (their waiting runs already failed); the next run starts a fresh one."""
+        for slot in [s for s in self._slots if not s.server.alive]:
+            self._slots.remove(slot)
+            closing = asyncio.ensure_future(slot.server.aclose())
+            self._retiring.add(closing)
+            closing.add_done_callback(self._retiring.discard)
