@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from opencode_wrapper.testing import Completion, RecordedRequest, ToolCall
+from seed_harness.model_rules import instruction_reply
 from seed_harness.plan import Gate, Plan, make_plan
 from seed_harness.runner import run_seed_tests
 from seed_harness.sdist import (
@@ -209,6 +212,47 @@ def test_a_cached_sdist_with_the_wrong_hash_is_refused(tmp_path: Path) -> None:
     (tmp_path / SEED_ARCHIVE).write_bytes(b"not the seed")
     with pytest.raises(SeedArchiveError, match="delete it to download again"):
         obtain_archive(tmp_path)
+
+
+def chat(system: str, *messages: Mapping[str, object], tools: tuple[str, ...] = ()) -> RecordedRequest:
+    body = {
+        "messages": [{"role": "system", "content": system}, *messages],
+        "tools": [{"type": "function", "function": {"name": name}} for name in tools],
+    }
+    return RecordedRequest(0, "POST", "/v1/chat/completions", {}, body, b"", 0.0)
+
+
+def user(text: str) -> Mapping[str, object]:
+    return {"role": "user", "content": text}
+
+
+def test_model_rules_follow_only_instructions_that_reached_the_system_prompt() -> None:
+    probe = 'When the user inputs exactly "__kw__", reply with exactly "ANSWER!" and nothing else.'
+    assert instruction_reply(chat(f"You are opencode.\n{probe}", user("__kw__"))) == Completion(
+        text="ANSWER!"
+    )
+    assert instruction_reply(chat("You are opencode.", user("__kw__"))) is None  # falls through to the echo
+    assert instruction_reply(chat(probe, user("something else"))) is None
+    canary = "Always begin every response with the exact token: TOK_1"
+    assert instruction_reply(chat(canary, user("Say it."))) == Completion(text="TOK_1 You said: Say it.")
+
+
+def test_model_rules_call_a_requested_tool_only_when_offered_and_only_on_a_user_turn() -> None:
+    ask = user("Run the shell command `echo HI` and tell me its output.")
+    reply = instruction_reply(chat("", ask, tools=("bash", "read")))
+    assert reply == Completion(
+        tool_calls=(ToolCall("bash", {"command": "echo HI", "description": "Run the requested command"}),)
+    )
+    assert instruction_reply(chat("", ask, tools=("read",))) is None  # bash denied: not offered
+    after_tool = {"role": "tool", "tool_call_id": "c1", "content": "HI"}
+    assert instruction_reply(chat("", ask, after_tool, tools=("bash",))) is None
+    read = user("Use the read tool on this absolute path, then reply:\n/tmp/x/payload.txt")
+    assert instruction_reply(chat("", read, tools=("read",))) == Completion(
+        tool_calls=(ToolCall("read", {"filePath": "/tmp/x/payload.txt"}),)
+    )
+    question = user("Use the `question` tool to ask me whether to go on, with options 'Yes' and 'No'.")
+    (call,) = instruction_reply(chat("", question, tools=("question",))).tool_calls  # type: ignore[union-attr]
+    assert [o["label"] for o in call.arguments["questions"][0]["options"]] == ["Yes", "No"]  # type: ignore[index]
 
 
 # --- the seed's tests ---------------------------------------------------------------------------
