@@ -9,7 +9,7 @@ OPENCODE_PREFIX := .opencode/$(OPENCODE_VERSION)
 OPENCODE := $(OPENCODE_PREFIX)/node_modules/.bin/opencode
 export OPENCODE_BINARY := $(abspath $(OPENCODE))
 
-.PHONY: setup demo test reliability lint typecheck unit e2e clean
+.PHONY: setup demo test reliability docs lint typecheck unit e2e clean
 
 setup: $(VENV)/.installed $(OPENCODE)
 
@@ -40,5 +40,10 @@ test: setup lint typecheck
 reliability: setup
 	$(BIN)/python benchmarks/reliability_report.py --scale full -n 2
 
+# The documentation site (mkdocs.yml) into site/, failing on any warning. `make test` builds it too
+# (tests/test_docs_site.py) and runs its examples (tests/test_docs_examples.py).
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .opencode .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .opencode .pytest_cache .mypy_cache .ruff_cache site
