@@ -60,9 +60,12 @@ class Gate:
     """A call the test holds open until it aborts the turn."""
 
     def __init__(self) -> None:
+        self.tool = tool(name="hold")(self.hold)
+        self.reset()
+
+    def reset(self) -> None:
         self.started = asyncio.Event()
         self.cancelled = asyncio.Event()
-        self.tool = tool(name="hold")(self.hold)
 
     async def hold(self) -> str:
         """Waits until cancelled."""
@@ -172,6 +175,8 @@ async def test_session_turns_validate_the_arguments_first(
 async def test_aborting_the_turn_cancels_the_coroutine(
     opencode: OpenCodeServer, tools: ToolServer, space: Path
 ) -> None:
+    GATE.reset()
+    start = len(tools.calls)
     async with opencode.session(space) as s:
         turn = asyncio.create_task(s.send("[[tool: py_hold {}]]"))
         await asyncio.wait_for(GATE.started.wait(), 120)
@@ -180,9 +185,27 @@ async def test_aborting_the_turn_cancels_the_coroutine(
         aborted = await asyncio.wait_for(turn, 60)
         after = await s.send('[[tool: py_add {"a": 0}]]')
     assert aborted.error is not None and aborted.error.kind == "aborted"
-    (record,) = [c for c in tools.calls if c.tool == "hold"]
+    (record,) = [c for c in tools.calls[start:] if c.tool == "hold"]
     assert (record.outcome, record.error) == ("cancelled", "cancelled by the client")
     assert after.ok and after.final_text == "Tool results: py_add: 2"
+
+
+async def test_cancelling_a_run_ends_opencode_and_so_the_call(
+    model: OfflineModelServer, tools: ToolServer, opencode_binary: str, workspace: Path
+) -> None:
+    GATE.reset()
+    start = len(tools.calls)
+    cfg = model.run_config(mcp=tools.mcp_config("py"), config_overrides=FAST)
+    client = AsyncOpenCodeClient(opencode_binary, startup_delay_s=0)
+    run = asyncio.create_task(client.async_run("[[tool: py_hold {}]]", workspace, run_cfg=cfg, timeout_s=300))
+    await asyncio.wait_for(GATE.started.wait(), 180)
+    run.cancel()  # the client kills opencode: its connections to the tool server drop
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await asyncio.wait_for(GATE.cancelled.wait(), 30)
+    assert [(c.tool, c.outcome, c.error) for c in tools.calls[start:]] == [
+        ("hold", "cancelled", "client disconnected")
+    ]
 
 
 async def test_progress_keeps_a_call_alive_past_the_request_timeout(
