@@ -40,6 +40,9 @@ Contract:
   connection, waits for worker threads, and leaves no task or thread behind.
 * Every call is recorded (:attr:`ToolServer.calls`, :class:`ToolCallRecord`; ``on_call`` sees
   each record as it is made).
+* Sharing: :class:`ToolServerPool` (``shared_pool()`` for the running loop) leases one running
+  server per tool set to any number of runs, sessions and warm servers, and stops it with its
+  last lease; :func:`merge_mcp` adds a server to a ``RunConfig.mcp`` value.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from opencode_wrapper._mcp._extra import require_tools_extra
 if TYPE_CHECKING:
     from opencode_wrapper._mcp._calls import Outcome, ToolCallRecord
     from opencode_wrapper._mcp._definition import Tool, ToolArgumentsError
+    from opencode_wrapper._mcp._pool import ToolServerPool, merge_mcp, shared_pool
     from opencode_wrapper._mcp._server import ToolServer, as_tools
 
 
@@ -104,6 +108,9 @@ _LAZY: dict[str, str] = {
     "Outcome": "opencode_wrapper._mcp._calls",
     "ToolServer": "opencode_wrapper._mcp._server",
     "as_tools": "opencode_wrapper._mcp._server",
+    "ToolServerPool": "opencode_wrapper._mcp._pool",
+    "merge_mcp": "opencode_wrapper._mcp._pool",
+    "shared_pool": "opencode_wrapper._mcp._pool",
 }
 
 
@@ -127,7 +134,10 @@ __all__ = [
     "ToolArgumentsError",
     "ToolCallRecord",
     "ToolServer",
+    "ToolServerPool",
     "as_tools",
+    "merge_mcp",
     "opencode_tool_name",
+    "shared_pool",
     "tool",
 ]
