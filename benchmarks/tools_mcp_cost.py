@@ -5,8 +5,8 @@ Two measures, with the real opencode and the offline model:
 * the MCP handshake as the tool server sees it: from opencode's ``initialize`` request to the end
   of its ``tools/list`` answer, for every MCP session (one per ``opencode run``, one per
   ``opencode serve`` instance directory);
-* wall time with and without the tool server in the config: ``opencode run`` of a trivial prompt
-  (runs alternate, medians), and a warm ``opencode serve``: its first turn in a workspace (where
+* wall time with and without the tool server in the config (alternating, medians): ``opencode
+  run`` of a trivial prompt, and a warm ``opencode serve``: its first turn in a workspace (where
   opencode connects its MCP servers) and a later turn.
 
 Run: ``OPENCODE_BINARY=... .venv/bin/python benchmarks/tools_mcp_cost.py [--runs 3]``.
@@ -113,23 +113,30 @@ async def run_mode(
 
 
 async def session_mode(
-    binary: str, model: OfflineModelServer, server: ToolServer, root: Path
+    binary: str, model: OfflineModelServer, server: ToolServer, root: Path, runs: int
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for label, cfg in (
-        ("without", model.run_config(config_overrides=FAST)),
-        ("with", model.run_config(mcp=server.mcp_config("py"), config_overrides=FAST)),
-    ):
-        ws = workspace(root, f"session-{label}")
-        async with OpenCodeServer(binary=binary, run_cfg=cfg, cwd=root) as oc, oc.session(ws) as s:
-            t0 = time.perf_counter()
-            first = await s.send("[[say: first]]")
-            t1 = time.perf_counter()
-            second = await s.send("[[say: second]]")
-            t2 = time.perf_counter()
-            assert first.ok and second.ok
-        out[label] = {"first_turn_s": round(t1 - t0, 2), "later_turn_s": round(t2 - t1, 2)}
-    return out
+    times: dict[str, dict[str, list[float]]] = {
+        label: {"first_turn_s": [], "later_turn_s": []} for label in ("without", "with")
+    }
+    for n in range(runs):
+        for label, cfg in (
+            ("without", model.run_config(config_overrides=FAST)),
+            ("with", model.run_config(mcp=server.mcp_config("py"), config_overrides=FAST)),
+        ):
+            ws = workspace(root, f"session-{label}-{n}")
+            async with OpenCodeServer(binary=binary, run_cfg=cfg, cwd=root) as oc, oc.session(ws) as s:
+                t0 = time.perf_counter()
+                first = await s.send("[[say: first]]")
+                t1 = time.perf_counter()
+                second = await s.send("[[say: second]]")
+                t2 = time.perf_counter()
+                assert first.ok and second.ok
+            times[label]["first_turn_s"].append(t1 - t0)
+            times[label]["later_turn_s"].append(t2 - t1)
+    return {
+        label: {key: round(statistics.median(values), 2) for key, values in measures.items()}
+        for label, measures in times.items()
+    } | {"runs": runs}
 
 
 async def main() -> None:
@@ -146,7 +153,7 @@ async def main() -> None:
         async with server:
             runs = await run_mode(binary, model, server, root, args.runs)
             run_handshakes = list(clock.durations)
-            sessions = await session_mode(binary, model, server, root)
+            sessions = await session_mode(binary, model, server, root, args.runs)
             session_handshakes = clock.durations[len(run_handshakes) :]
     report = {
         "machine": {"cpus": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)},

@@ -55,9 +55,9 @@ from opencode_wrapper._mcp._extra import require_tools_extra
 
 if TYPE_CHECKING:
     from opencode_wrapper._mcp._calls import Outcome, ToolCallRecord
-    from opencode_wrapper._mcp._definition import Tool, ToolArgumentsError
+    from opencode_wrapper._mcp._definition import Tool, ToolArgumentsError, as_tools
     from opencode_wrapper._mcp._pool import ToolServerPool, merge_mcp, shared_pool
-    from opencode_wrapper._mcp._server import ToolServer, as_tools
+    from opencode_wrapper._mcp._server import ToolServer
 
 
 @overload
@@ -107,7 +107,7 @@ _LAZY: dict[str, str] = {
     "ToolCallRecord": "opencode_wrapper._mcp._calls",
     "Outcome": "opencode_wrapper._mcp._calls",
     "ToolServer": "opencode_wrapper._mcp._server",
-    "as_tools": "opencode_wrapper._mcp._server",
+    "as_tools": "opencode_wrapper._mcp._definition",
     "ToolServerPool": "opencode_wrapper._mcp._pool",
     "merge_mcp": "opencode_wrapper._mcp._pool",
     "shared_pool": "opencode_wrapper._mcp._pool",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args, get_origin
 
@@ -218,3 +218,35 @@ def make_tool(fn: Callable[..., Any], *, name: str | None = None, description: s
     return Tool(
         fn, name=tool_name, description=text, model=model, params=tuple(params), is_async=_is_async(fn)
     )
+
+
+def as_tools(items: Iterable[Tool | Callable[..., Any]]) -> tuple[Tool, ...]:
+    """``items`` as :class:`Tool` objects (plain functions go through ``tool()``), names unique.
+
+    Raises:
+        OpenCodeConfigError: not an iterable of functions, a bad definition, or a repeated name.
+    """
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable) or callable(items):
+        raise OpenCodeConfigError(f"tools must be a list of functions, got {type(items).__name__} {items!r}")
+    tools = tuple(item if isinstance(item, Tool) else make_tool(item) for item in items)
+    seen: set[str] = set()
+    for t in tools:
+        if t.name in seen:
+            raise OpenCodeConfigError(
+                f"Two tools are named {t.name!r}; give one another name with @tool(name=...)"
+            )
+        seen.add(t.name)
+    return tools
+
+
+def check_server_name(name: object) -> None:
+    """Refuse an MCP server name that opencode would rewrite (it keeps only ``A-Z a-z 0-9 _ -``)."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or not all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
+    ):
+        raise OpenCodeConfigError(
+            f"Invalid MCP server name {name!r}: use letters, digits, '_' and '-' (opencode shows the tools "
+            "to the model as '<name>_<tool>')"
+        )

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from opencode_wrapper._mcp._definition import Tool
-from opencode_wrapper._mcp._server import ToolServer, as_tools, check_server_name
+from opencode_wrapper._mcp._definition import Tool, as_tools, check_server_name
+from opencode_wrapper._mcp._server import ToolServer
 from opencode_wrapper.errors import OpenCodeConfigError
 
 ToolKey = tuple[tuple[str, str, int], ...]

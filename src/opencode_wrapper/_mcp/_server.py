@@ -10,12 +10,11 @@ the calls in flight and closes their streams, then uvicorn, then waits for worke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import secrets
 import socket
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,80 +28,15 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
 from opencode_wrapper._mcp._calls import CallRunner, ToolCallRecord
-from opencode_wrapper._mcp._definition import Tool, make_tool
+from opencode_wrapper._mcp._definition import Tool, as_tools, check_server_name
+from opencode_wrapper._mcp._http import EmbeddedUvicorn, Exchange, end_idle_sse_watcher, plain_response
 from opencode_wrapper.errors import OpenCodeConfigError
 
 HOST = "127.0.0.1"
 PATH = "/mcp"
-#: The scope key under which each HTTP exchange carries its :class:`_Exchange`.
+#: The scope key under which each HTTP exchange carries its :class:`Exchange`.
 _EXCHANGE = "opencode_wrapper.exchange"
 _SERVER_NAME = "opencode-wrapper-tools"
-
-
-def as_tools(items: Iterable[Tool | Callable[..., Any]]) -> tuple[Tool, ...]:
-    """``items`` as :class:`Tool` objects (plain functions go through ``tool()``), names unique.
-
-    Raises:
-        OpenCodeConfigError: not an iterable of functions, a bad definition, or a repeated name.
-    """
-    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable) or callable(items):
-        raise OpenCodeConfigError(f"tools must be a list of functions, got {type(items).__name__} {items!r}")
-    tools = tuple(item if isinstance(item, Tool) else make_tool(item) for item in items)
-    seen: set[str] = set()
-    for t in tools:
-        if t.name in seen:
-            raise OpenCodeConfigError(
-                f"Two tools are named {t.name!r}; give one another name with @tool(name=...)"
-            )
-        seen.add(t.name)
-    return tools
-
-
-class _Exchange:
-    """One HTTP request to the MCP endpoint; closing it cancels the tool call it carried, if any.
-
-    A call's answer travels on the response stream of the POST that made it: when that request
-    ends before the answer (the client went away), no one can read the answer any more. This
-    server keeps no event store, so a client cannot resume the stream either.
-    """
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.call_scope: anyio.CancelScope | None = None
-
-    def close(self) -> None:
-        self.closed = True
-        if self.call_scope is not None:
-            self.call_scope.cancel()
-
-
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn that leaves the host application's signal handlers alone and says when it listens."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.listening = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        self.listening.set()
-
-
-async def _plain(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8"), *(headers or [])],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def _check_positive(name: str, value: float | None, *, allow_none: bool = True) -> None:
@@ -122,7 +56,26 @@ class ToolServer:
     """Python tools served to opencode as an MCP server (streamable HTTP on 127.0.0.1).
 
     See :mod:`opencode_wrapper.tools` for the contract. Use as ``async with ToolServer(tools) as
-    server:`` (or ``await start()`` / ``await stop()`` from one event loop).
+    server:`` (or ``await start()`` / ``await stop()`` from one event loop); pass
+    ``server.mcp_config("py")`` as ``RunConfig.mcp``.
+
+    Args:
+        tools: :class:`Tool` objects or plain functions (made tools as by ``@tool``); names unique.
+        port: the TCP port on 127.0.0.1 (0: a free one).
+        token: the bearer token clients must send (default: 32 random bytes, URL-safe).
+        progress_interval_s: while a call runs, send a progress notification this often (it
+            restarts opencode's request timeout); ``None``: never.
+        max_threads: worker threads for plain (non-async) functions (default: Python's
+            ``ThreadPoolExecutor`` default).
+        session_idle_timeout_s: close an MCP session after this long with no request in flight.
+            A live opencode process always holds one (its event stream), so this reaps the
+            sessions of opencode processes that exited without closing theirs.
+        max_recorded_calls: how many of the newest :class:`ToolCallRecord` to keep (``None``: all).
+        on_call: called with each :class:`ToolCallRecord` as the call ends (exceptions are logged).
+        shutdown_timeout_s: how long ``stop()`` lets connections finish before cutting them.
+
+    Raises:
+        OpenCodeConfigError: a bad tool or setting (before anything starts).
     """
 
     def __init__(
@@ -133,7 +86,7 @@ class ToolServer:
         token: str | None = None,
         progress_interval_s: float | None = 10.0,
         max_threads: int | None = None,
-        session_idle_timeout_s: float | None = 1800.0,
+        session_idle_timeout_s: float | None = 300.0,
         max_recorded_calls: int | None = 10_000,
         on_call: Callable[[ToolCallRecord], None] | None = None,
         shutdown_timeout_s: float = 5.0,
@@ -183,7 +136,7 @@ class ToolServer:
         self._manager: StreamableHTTPSessionManager | None = None
         self._manager_stop = asyncio.Event()
         self._manager_task: asyncio.Task[None] | None = None
-        self._uvicorn: _EmbeddedUvicorn | None = None
+        self._uvicorn: EmbeddedUvicorn | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
 
@@ -313,7 +266,7 @@ class ToolServer:
             interface="asgi3",
             timeout_graceful_shutdown=math.ceil(self._shutdown_timeout_s),
         )
-        self._uvicorn = _EmbeddedUvicorn(config)
+        self._uvicorn = EmbeddedUvicorn(config)
         self._serve_task = asyncio.create_task(
             self._uvicorn.serve(sockets=[sock]), name="opencode-tools-http"
         )
@@ -388,7 +341,7 @@ class ToolServer:
             await self._runner.wait_threads()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-        _end_idle_sse_watcher()
+        end_idle_sse_watcher()
 
     # ------------------------------------------------------------------ HTTP and MCP handlers
 
@@ -396,11 +349,11 @@ class ToolServer:
         if scope["type"] != "http":
             return
         if scope["path"].rstrip("/") != PATH:
-            await _plain(send, 404, b"not found: the MCP endpoint is /mcp\n")
+            await plain_response(send, 404, b"not found: the MCP endpoint is /mcp\n")
             return
         given = next((value for key, value in scope["headers"] if key == b"authorization"), b"")
         if not secrets.compare_digest(given, self._auth):
-            await _plain(
+            await plain_response(
                 send,
                 401,
                 b"unauthorized\n",
@@ -409,9 +362,9 @@ class ToolServer:
             return
         manager = self._manager
         if not self._accepting or manager is None:
-            await _plain(send, 503, b"the tool server is stopping\n")
+            await plain_response(send, 503, b"the tool server is stopping\n")
             return
-        exchange = _Exchange()
+        exchange = Exchange()
         try:
             await manager.handle_request({**scope, _EXCHANGE: exchange}, receive, send)
         finally:
@@ -439,7 +392,7 @@ class ToolServer:
         def reason() -> str:
             if self._stopping:
                 return "server stopped"
-            if isinstance(exchange, _Exchange) and exchange.closed:
+            if isinstance(exchange, Exchange) and exchange.closed:
                 return "client disconnected"
             return "cancelled by the client"
 
@@ -447,7 +400,7 @@ class ToolServer:
             await ctx.session.report_progress(count)
 
         with anyio.CancelScope() as call_scope:
-            if isinstance(exchange, _Exchange):
+            if isinstance(exchange, Exchange):
                 exchange.call_scope = call_scope
                 if exchange.closed:
                     call_scope.cancel()
@@ -460,41 +413,9 @@ class ToolServer:
                     progress=progress,
                 )
             finally:
-                if isinstance(exchange, _Exchange):
+                if isinstance(exchange, Exchange):
                     exchange.call_scope = None
             content: list[types.ContentBlock] = [types.TextContent(text=text)] if text else []
             return types.CallToolResult(content=content, is_error=is_error)
         # Only reached when the client went away mid-call: no one will read this answer.
         return types.CallToolResult(content=[types.TextContent(text="client disconnected")], is_error=True)
-
-
-def _end_idle_sse_watcher() -> None:
-    """End sse-starlette's per-thread shutdown poller if no SSE response in this thread needs it.
-
-    sse-starlette starts that task (a 0.5 s poll, forever) with the first SSE response on a loop;
-    it would outlive the server. It restarts by itself with the next SSE response. Relies on
-    sse-starlette internals: if they change, this does nothing.
-    """
-    try:
-        from sse_starlette import sse
-
-        if sse._get_shutdown_state().events:
-            return
-        for task in asyncio.all_tasks():
-            if getattr(task.get_coro(), "cr_code", None) is sse._shutdown_watcher.__code__:
-                task.cancel()
-    except Exception:
-        return
-
-
-def check_server_name(name: object) -> None:
-    """Refuse an MCP server name that opencode would rewrite (it keeps only ``A-Z a-z 0-9 _ -``)."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or not all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
-    ):
-        raise OpenCodeConfigError(
-            f"Invalid MCP server name {name!r}: use letters, digits, '_' and '-' (opencode shows the tools "
-            "to the model as '<name>_<tool>')"
-        )
