@@ -10,6 +10,7 @@ the blocks not checked, is printed at the end of the set-up (visible without xdi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -61,12 +62,15 @@ def outcomes(
             timeout_s=TIMEOUT_S,
         )
     report = render(INVENTORY, results, time.monotonic() - started, JOBS)
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider
     if cache is not None:
         (cache.mkdir("docs-examples") / "report.txt").write_text(report, encoding="utf-8")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None:
-        reporter.write_line("\n" + report)
+        # Around the capture of this fixture's output, so that the report reaches the terminal.
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.write_line("\n" + report)
     yield {o.id: o for o in results}
 
 

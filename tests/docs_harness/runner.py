@@ -20,15 +20,17 @@ from .sandbox import TAG_ENV, Sandbox, make_sandbox
 DEFAULT_TIMEOUT_S = 120.0
 
 # Run inside the example's subprocess: compile the block so that top-level `await` works, with
-# the Markdown file as the file name (tracebacks show the Markdown lines).
+# the Markdown file as the code's file name (tracebacks show the Markdown lines). `__file__` and
+# `sys.argv[0]` are the program file itself, a real .py file, for examples that use them (e.g.
+# `pytest.main([__file__])`).
 _BOOTSTRAP = """\
 import ast, asyncio, inspect, sys
 path, filename = sys.argv[1], sys.argv[2]
 with open(path, encoding="utf-8") as fh:
     source = fh.read()
 code = compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
-namespace = {"__name__": "__main__", "__file__": filename}
-sys.argv = [filename]
+namespace = {"__name__": "__main__", "__file__": path}
+sys.argv = [path]
 if code.co_flags & inspect.CO_COROUTINE:
     asyncio.run(eval(code, namespace))
 else:
