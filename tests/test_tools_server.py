@@ -51,6 +51,12 @@ def fail(reason: str) -> str:
 
 
 @tool
+def leave(code: int) -> None:
+    """Calls sys.exit."""
+    raise SystemExit(code)
+
+
+@tool
 def describe(p: dict[str, int]) -> dict[str, Any]:
     """Returns a JSON value."""
     return {"keys": sorted(p), "total": sum(p.values())}
@@ -80,7 +86,7 @@ class Gate:
 
 
 async def test_list_and_call_success_error_and_bad_arguments() -> None:
-    async with ToolServer([add, fail, describe]) as server, connect(server) as client:
+    async with ToolServer([add, fail, describe, leave]) as server, connect(server) as client:
         listed = await client.list_tools()
         ok = await client.call_tool("add", {"a": 40})
         coerced = await client.call_tool("add", {"a": "1", "b": "1"})
@@ -88,7 +94,9 @@ async def test_list_and_call_success_error_and_bad_arguments() -> None:
         bad = await client.call_tool("add", {"a": "one", "c": 1})
         as_json = await client.call_tool("describe", {"p": {"b": 2, "a": 1}})
         unknown = await client.call_tool("nope", {})
-    assert [t.name for t in listed.tools] == ["add", "fail", "describe"]
+        exited = await client.call_tool("leave", {"code": 3})
+        still_up = await client.call_tool("add", {"a": 0})
+    assert [t.name for t in listed.tools] == ["add", "fail", "describe", "leave"]
     assert listed.tools[0].description == "Add two numbers."
     assert listed.tools[0].input_schema == add.input_schema
     assert (ok.is_error, ok.content[0].text) == (False, "42")  # type: ignore[union-attr]
@@ -101,6 +109,8 @@ async def test_list_and_call_success_error_and_bad_arguments() -> None:
     )
     assert json.loads(as_json.content[0].text) == {"keys": ["a", "b"], "total": 3}  # type: ignore[union-attr]
     assert unknown.is_error and "Unknown tool 'nope'" in unknown.content[0].text  # type: ignore[union-attr]
+    assert exited.is_error and exited.content[0].text == "SystemExit: 3"  # type: ignore[union-attr]
+    assert still_up.content[0].text == "2"  # type: ignore[union-attr]
     calls = server.calls
     assert [(c.tool, c.outcome) for c in calls] == [
         ("add", "ok"),
@@ -109,6 +119,8 @@ async def test_list_and_call_success_error_and_bad_arguments() -> None:
         ("add", "invalid_arguments"),
         ("describe", "ok"),
         ("nope", "unknown_tool"),
+        ("leave", "error"),
+        ("add", "ok"),
     ]
     assert calls[0].arguments == {"a": 40} and calls[0].output == "42" and calls[0].duration_s >= 0
     assert isinstance(calls[2].exception, ValueError) and calls[2].error == "ValueError: cannot: no"

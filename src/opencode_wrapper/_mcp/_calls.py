@@ -153,8 +153,12 @@ class CallRunner:
 
     async def _invoke(
         self, tool: Tool, args: list[Any], kwargs: dict[str, Any]
-    ) -> tuple[Any, Exception | None]:
-        """``(return value, None)`` or ``(None, the exception)``; only cancellation propagates."""
+    ) -> tuple[Any, BaseException | None]:
+        """``(return value, None)`` or ``(None, the exception)``; only cancellation propagates.
+
+        ``SystemExit`` counts as the tool's error: a tool calling ``sys.exit()`` must not end the
+        server. ``KeyboardInterrupt`` propagates.
+        """
         try:
             if tool.is_async:
                 return await tool.fn(*args, **kwargs), None
@@ -163,12 +167,12 @@ class CallRunner:
             self._threads = {f for f in self._threads if not f.done()}
             self._threads.add(future)
             return await asyncio.wrap_future(future), None
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             return None, exc
 
     async def _with_heartbeat(
-        self, work: Awaitable[tuple[Any, Exception | None]], progress: ProgressFn | None
-    ) -> tuple[Any, Exception | None]:
+        self, work: Awaitable[tuple[Any, BaseException | None]], progress: ProgressFn | None
+    ) -> tuple[Any, BaseException | None]:
         # opencode's MCP client times a call out after 60 s (or the configured timeout) but resets
         # that clock on every progress notification: a long call sends one now and then.
         interval = self._progress_interval_s
