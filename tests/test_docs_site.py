@@ -85,6 +85,7 @@ def _exported(module: Path) -> list[str]:
         (SRC / "errors.py", "reference/api/errors.html"),
         (SRC / "config.py", "reference/api/config.html"),
         (SRC / "events.py", "reference/api/events.html"),
+        (SRC / "tools.py", "reference/api/tools.html"),
     ],
 )
 def test_every_public_name_is_in_the_api_reference(site: Path, module: Path, page: str) -> None:
