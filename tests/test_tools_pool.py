@@ -59,7 +59,7 @@ async def test_bad_options_and_tools_are_refused_before_any_start() -> None:
     with pytest.raises(OpenCodeConfigError, match="free ports"):
         ToolServerPool(port=8080)
     pool = ToolServerPool()
-    with pytest.raises(OpenCodeConfigError, match="Invalid tool name .<lambda>."):
+    with pytest.raises(OpenCodeConfigError, match=r"Invalid tool name .<lambda>."):
         await pool.acquire([lambda x: x])
     assert pool.servers == []
 

@@ -9,6 +9,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -311,7 +312,7 @@ async def test_stopping_cancels_calls_in_flight_and_waits_for_threads() -> None:
         return "finished"
 
     before = set(other_tasks())
-    server = ToolServer([gate.tool, blocking])
+    server = ToolServer([gate.tool, blocking], shutdown_timeout_s=120)
     await server.start()
     async with connect(server) as client:
         calls = [asyncio.create_task(client.call_tool(name, {})) for name in ("wait", "blocking")]
@@ -330,6 +331,59 @@ async def test_stopping_cancels_calls_in_flight_and_waits_for_threads() -> None:
     ]
     assert not server.running and tool_threads() == []
     assert [t for t in other_tasks() if t not in before] == []
+
+
+async def test_stop_does_not_wait_forever_for_calls_that_will_not_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started, release, ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    thread_started, thread_release = threading.Event(), threading.Event()
+
+    @tool
+    async def stubborn() -> str:
+        """Shields itself from its cancellation and carries on."""
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            with anyio.CancelScope(shield=True):
+                await release.wait()
+            raise
+        finally:
+            ended.set()
+        return "late"
+
+    @tool
+    def stuck() -> str:
+        """A thread that will not finish soon."""
+        thread_started.set()
+        thread_release.wait(60)
+        return "late"
+
+    before = set(other_tasks())
+    server = ToolServer([stubborn, stuck], shutdown_timeout_s=0.5)
+    await server.start()
+    async with connect(server) as client:
+        calls = [asyncio.create_task(client.call_tool(name, {})) for name in ("stubborn", "stuck")]
+        await asyncio.wait_for(started.wait(), 30)
+        await asyncio.to_thread(thread_started.wait, 30)
+        with caplog.at_level("WARNING", logger="opencode_wrapper.tools"):
+            await asyncio.wait_for(server.stop(), 30)
+        await asyncio.gather(*calls, return_exceptions=True)
+    warnings = [r.getMessage() for r in caplog.records]
+    # (the thread's call was cancelled: only its thread goes on)
+    assert any("call(s) of stubborn did not end within 0.5 s" in w for w in warnings), warnings
+    assert any("1 worker thread(s) still running a tool function" in w for w in warnings), warnings
+    assert not ended.is_set() and not server.running
+    # Once they do end, nothing of the server is left.
+    release.set()
+    thread_release.set()
+    await asyncio.wait_for(ended.wait(), 30)
+    leftover = [t for t in other_tasks() if t not in before]
+    await asyncio.wait_for(asyncio.gather(*leftover, return_exceptions=True), 30)
+    for thread in tool_threads():
+        await asyncio.to_thread(thread.join, 30)
+    assert tool_threads() == []
 
 
 async def test_a_stopped_server_leaves_no_task_or_thread_and_can_start_again() -> None:

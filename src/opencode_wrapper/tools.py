@@ -36,8 +36,11 @@ Contract:
 * Long calls: opencode's MCP client gives up on a call after 60 s (or the entry's
   ``timeout``) without news; the server sends a progress notification every
   ``progress_interval_s`` (10 s) while a call runs, which restarts that clock.
-* ``stop()`` (the end of ``async with``) cancels calls in flight, closes every session and
-  connection, waits for worker threads, and leaves no task or thread behind.
+* ``stop()`` (the end of ``async with``) cancels calls in flight (each answers its client
+  ``"cancelled: server stopped"``), closes every session and connection, waits for worker
+  threads, and leaves no task or thread behind. A call that outlives its cancellation (a shielded
+  coroutine, a plain function still running) gets ``shutdown_timeout_s`` (5 s) per stage; then
+  ``stop()`` logs a warning and returns without it.
 * Every call is recorded (:attr:`ToolServer.calls`, :class:`ToolCallRecord`; ``on_call`` sees
   each record as it is made).
 * Sharing: :class:`ToolServerPool` (``shared_pool()`` for the running loop) leases one running

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import itertools
 import logging
 import time
 from collections import deque
@@ -91,6 +92,8 @@ class CallRunner:
         self._on_call = on_call
         self._progress_interval_s = progress_interval_s
         self._threads: set[Future[Any]] = set()
+        self._running: dict[int, str] = {}
+        self._keys = itertools.count()
 
     async def run(
         self,
@@ -131,12 +134,16 @@ class CallRunner:
         except ToolArgumentsError as exc:
             record("invalid_arguments", None, str(exc), None)
             return str(exc), True
+        key = next(self._keys)
+        self._running[key] = name
         try:
             value, raised = await self._with_heartbeat(self._invoke(tool, args, kwargs), progress)
         except BaseException:
             # Cancelled (CancelledError, or anyio's cancellation of this task): record, then let it go.
             record("cancelled", None, cancel_reason(), None)
             raise
+        finally:
+            del self._running[key]
         if raised is not None:
             text = f"{type(raised).__name__}: {raised}"
             logger.info("tool %r raised %s", name, text, exc_info=raised)
@@ -195,9 +202,22 @@ class CallRunner:
                 group.cancel_scope.cancel()
         return outcome
 
-    async def wait_threads(self) -> None:
-        """Wait until no worker thread runs a tool function any more."""
+    def running(self) -> list[str]:
+        """The names of the tools whose calls are running (awaited or in a thread), one per call."""
+        return sorted(self._running.values())
+
+    async def wait_threads(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until no worker thread runs a tool function; ``True`` if none does."""
         running = [f for f in self._threads if not f.done()]
         if running:
-            await asyncio.wait([asyncio.wrap_future(f) for f in running])
+            _, pending = await asyncio.wait([asyncio.wrap_future(f) for f in running], timeout=timeout_s)
+            if pending:
+                logger.warning(
+                    "tool server: %d worker thread(s) still running a tool function after %.1f s; "
+                    "they end when their function returns",
+                    len(pending),
+                    timeout_s,
+                )
+                return False
         self._threads.clear()
+        return True

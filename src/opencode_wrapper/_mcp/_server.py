@@ -27,7 +27,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
-from opencode_wrapper._mcp._calls import CallRunner, ToolCallRecord
+from opencode_wrapper._mcp._calls import CallRunner, ToolCallRecord, logger
 from opencode_wrapper._mcp._definition import Tool, as_tools, check_server_name
 from opencode_wrapper._mcp._http import EmbeddedUvicorn, Exchange, end_idle_sse_watcher, plain_response
 from opencode_wrapper.errors import OpenCodeConfigError
@@ -72,7 +72,9 @@ class ToolServer:
             sessions of opencode processes that exited without closing theirs.
         max_recorded_calls: how many of the newest :class:`ToolCallRecord` to keep (``None``: all).
         on_call: called with each :class:`ToolCallRecord` as the call ends (exceptions are logged).
-        shutdown_timeout_s: how long ``stop()`` lets connections finish before cutting them.
+        shutdown_timeout_s: how long ``stop()`` waits for calls to end once cancelled (a coroutine
+            that swallows ``CancelledError``), for worker threads, and for connections to close;
+            past that it logs a warning and goes on without them.
 
     Raises:
         OpenCodeConfigError: a bad tool or setting (before anything starts).
@@ -135,6 +137,8 @@ class ToolServer:
         self._executor: ThreadPoolExecutor | None = None
         self._manager: StreamableHTTPSessionManager | None = None
         self._manager_stop = asyncio.Event()
+        self._posts: set[Exchange] = set()  # POST requests being served: each carries at most one call
+        self._posts_done = asyncio.Event()
         self._manager_task: asyncio.Task[None] | None = None
         self._uvicorn: EmbeddedUvicorn | None = None
         self._serve_task: asyncio.Task[None] | None = None
@@ -253,6 +257,9 @@ class ToolServer:
             ),
         )
         self._manager_stop = asyncio.Event()
+        self._posts = set()
+        self._posts_done = asyncio.Event()
+        self._posts_done.set()
         ready = asyncio.Event()
         self._manager_task = asyncio.create_task(self._run_manager(ready), name="opencode-tools-mcp")
         config = uvicorn.Config(
@@ -331,16 +338,34 @@ class ToolServer:
         self._stopping = True
         # Sessions first: that cancels the calls and ends their response streams, so uvicorn
         # finds its connections idle and closes them at once.
+        # Calls first, while their sessions still stand: each cancelled call answers its POST
+        # ("server stopped"), so no request is left for the SDK to fail on a closing transport.
+        for exchange in list(self._posts):
+            exchange.close()
+        try:
+            await asyncio.wait_for(self._posts_done.wait(), self._shutdown_timeout_s)
+        except asyncio.TimeoutError:
+            stuck = self._runner.running() if self._runner is not None else []
+            logger.warning(
+                "tool server: call(s) of %s did not end within %.1f s of being cancelled; "
+                "stopping without them",
+                ", ".join(stuck) or "no tool",
+                self._shutdown_timeout_s,
+            )
         self._manager_stop.set()
         if self._manager_task is not None:
-            await asyncio.gather(self._manager_task, return_exceptions=True)
+            done, _ = await asyncio.wait({self._manager_task}, timeout=self._shutdown_timeout_s)
+            if not done:
+                logger.warning(
+                    "tool server: MCP sessions did not close within %.1f s", self._shutdown_timeout_s
+                )
         if self._uvicorn is not None and self._serve_task is not None:
             self._uvicorn.should_exit = True
             await asyncio.gather(self._serve_task, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.wait_threads()
+        threads_done = self._runner is None or await self._runner.wait_threads(self._shutdown_timeout_s)
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            # A thread still running keeps the function's work going; it ends when the function returns.
+            self._executor.shutdown(wait=threads_done, cancel_futures=True)
         end_idle_sse_watcher()
 
     # ------------------------------------------------------------------ HTTP and MCP handlers
@@ -365,10 +390,18 @@ class ToolServer:
             await plain_response(send, 503, b"the tool server is stopping\n")
             return
         exchange = Exchange()
+        post = scope["method"] == "POST"  # GET is the long-lived event stream: never waited for
+        if post:
+            self._posts.add(exchange)
+            self._posts_done.clear()
         try:
             await manager.handle_request({**scope, _EXCHANGE: exchange}, receive, send)
         finally:
             exchange.close()
+            if post:
+                self._posts.discard(exchange)
+                if not self._posts:
+                    self._posts_done.set()
 
     async def _list_tools(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
@@ -417,5 +450,5 @@ class ToolServer:
                     exchange.call_scope = None
             content: list[types.ContentBlock] = [types.TextContent(text=text)] if text else []
             return types.CallToolResult(content=content, is_error=is_error)
-        # Only reached when the client went away mid-call: no one will read this answer.
-        return types.CallToolResult(content=[types.TextContent(text="client disconnected")], is_error=True)
+        # Reached when the call was cancelled here: the client went away, or the server is stopping.
+        return types.CallToolResult(content=[types.TextContent(text=f"cancelled: {reason()}")], is_error=True)
