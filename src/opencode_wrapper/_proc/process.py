@@ -48,6 +48,7 @@ class OwnedProcess:
         self._watch_fd: int | None = watch_fd
         self._tag = tag
         self._sweep_task: asyncio.Future[list[int]] | None = None
+        self._exit_fd: int | None = None
 
     @classmethod
     async def start(
@@ -89,6 +90,7 @@ class OwnedProcess:
         )
         _widen_pipe(proc, 1)
         owned = cls(proc, watch_w, tag)
+        owned._watch_exit()
         if cancelled:
             await finish(owned.end())
             raise asyncio.CancelledError
@@ -172,15 +174,46 @@ class OwnedProcess:
         await self._sweep()
         return code
 
+    def _watch_exit(self) -> None:
+        """Sweep as soon as the supervisor is gone, whoever awaits what.
+
+        A killed supervisor's orphans still hold our stdout/stderr pipes: a reader waits for EOF,
+        and asyncio's ``Process.wait()`` for the pipes to close too, as long as the orphans live
+        (a ``sleep 60``: a minute). Ending them at the supervisor's exit lets both finish.
+        Linux (pidfd) only; elsewhere the sweep waits for :meth:`wait`/:meth:`end`.
+        """
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is None or not self._tag:
+            return
+        try:
+            self._exit_fd = pidfd_open(self._proc.pid)
+        except OSError:
+            return  # already gone and reaped
+        asyncio.get_running_loop().add_reader(self._exit_fd, self._supervisor_exited)
+
+    def _supervisor_exited(self) -> None:
+        self._unwatch_exit()
+        self._begin_sweep()
+
+    def _unwatch_exit(self) -> None:
+        if self._exit_fd is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed already
+                asyncio.get_running_loop().remove_reader(self._exit_fd)
+            os.close(self._exit_fd)
+            self._exit_fd = None
+
+    def _begin_sweep(self) -> None:
+        if self._tag and self._sweep_task is None:
+            self._sweep_task = asyncio.ensure_future(asyncio.to_thread(kill_tagged, self._tag))
+
     async def _sweep(self) -> None:
         """Kill (once) what still carries our tag; runs in a thread: it reads /proc and may wait."""
-        if not self._tag:
-            return
-        if self._sweep_task is None:
-            self._sweep_task = asyncio.ensure_future(asyncio.to_thread(kill_tagged, self._tag))
-        await asyncio.shield(self._sweep_task)
+        self._begin_sweep()
+        if self._sweep_task is not None:
+            await asyncio.shield(self._sweep_task)
 
     def _release(self) -> None:
+        self._unwatch_exit()
         if self._feed_task is not None and not self._feed_task.done():
             self._feed_task.cancel()
         if self._watch_fd is not None:
