@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from opencode_wrapper._proc.process import OwnedProcess, iter_lines
 
@@ -126,3 +127,27 @@ async def test_a_start_cancelled_during_the_spawn_ends_what_it_started(tmp_path:
         outcome = (await asyncio.gather(start, return_exceptions=True))[0]
         assert isinstance(outcome, asyncio.CancelledError), outcome
         assert _gone(marker), f"attempt {attempt}: {marker} outlived a cancelled start"
+
+
+async def test_cleanup_actions_are_left_to_a_living_owner(tmp_path: Path) -> None:
+    from opencode_wrapper._proc.cleanup import RemoveTree
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    proc = await OwnedProcess.start(
+        ["sh", "-c", "echo up"], cwd=str(tmp_path), env=dict(os.environ), stdin_data=None,
+        cleanup=[RemoveTree(str(kept))],
+    )  # fmt: skip
+    assert await proc.wait() == 0
+    assert kept.is_dir(), "the owner lives: the supervisor must not do its clean-up"
+
+
+async def test_a_bad_cleanup_action_fails_before_anything_is_spawned(tmp_path: Path) -> None:
+    from opencode_wrapper.errors import OpenCodeConfigError
+
+    with pytest.raises(OpenCodeConfigError, match="RemoveTree or RemoveGitWorktree, got str"):
+        await OwnedProcess.start(
+            ["sh", "-c", "touch spawned"], cwd=str(tmp_path), env=dict(os.environ), stdin_data=None,
+            cleanup=["/tmp/x"],  # type: ignore[list-item]
+        )  # fmt: skip
+    assert not (tmp_path / "spawned").exists()
