@@ -570,9 +570,11 @@ async def test_timeout_around_a_run_honours_keep(repo: Path, scratch: Path) -> N
     assert leftovers(repo, scratch) == {}
     entered = asyncio.Event()
     with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(_flow(repo, scratch, "on_change", entered), 1.0)
-    assert entered.is_set()
+        await asyncio.wait_for(_flow(repo, scratch, "on_change", entered), 3.0)
     kept = leftovers(repo, scratch)
+    if not entered.is_set():  # a machine so busy that the timeout struck during the creation
+        assert kept == {}
+        return
     assert len(kept["branches"]) == 1 and len(kept["worktrees"]) == 1, "changed before the timeout: kept"
     branch = kept["branches"][0].removeprefix("refs/heads/")
     remove_git_worktree(str(repo), kept["worktrees"][0], branch)
