@@ -49,7 +49,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from pathlib import Path
 from types import TracebackType
 
@@ -141,6 +142,7 @@ class IsolatedWorkspace:
         self._guard: CleanupGuard | None = None
         self._close_task: asyncio.Task[Changes] | None = None
         self._removed = False
+        self._tree = ""  # the tree object of the last measurement
 
     # ------------------------------------------------------------------------------- creating
 
@@ -202,6 +204,7 @@ class IsolatedWorkspace:
         copy_exclude: Sequence[str],
     ) -> IsolatedWorkspace:
         branch = f"{BRANCH_PREFIX}{name}-{tag[:8]}"
+        top = prefix = common = base_commit = ""
         if isolation == "worktree":
             top, prefix, common = await repository_of(source, tag)
             refuse_inside(parent_dir, Path(top), "the workspace's repository")
@@ -213,34 +216,20 @@ class IsolatedWorkspace:
                 prefix=f"ocw_{'wt' if isolation == 'worktree' else 'copy'}_{name}_", dir=parent_dir
             )
         )
-        if isolation == "worktree":
-            root = scratch / Path(top).name
-            made = cls(
-                isolation=isolation,
-                source=source,
-                repository=Path(top),
-                scratch=scratch,
-                root=root,
-                path=root / prefix,
-                branch=branch,
-                keep=keep,
-                name=name,
-                tag=tag,
-            )
-        else:
-            root = scratch / (source.name or "workspace")
-            made = cls(
-                isolation=isolation,
-                source=source,
-                repository=root,
-                scratch=scratch,
-                root=root,
-                path=root,
-                branch=branch,
-                keep=keep,
-                name=name,
-                tag=tag,
-            )
+        worktree = isolation == "worktree"
+        root = scratch / (Path(top).name if worktree else (source.name or "workspace"))
+        made = cls(
+            isolation=isolation,
+            source=source,
+            repository=Path(top) if worktree else root,
+            scratch=scratch,
+            root=root,
+            path=root / prefix if worktree else root,
+            branch=branch,
+            keep=keep,
+            name=name,
+            tag=tag,
+        )
         try:
             made._guard = await CleanupGuard.start(made.cleanup, kill_tag=tag)
             if isolation == "worktree":
@@ -310,8 +299,6 @@ class IsolatedWorkspace:
             isolation=self.isolation,
             binary_patch=binary_patch,
         )
-
-    _tree = ""
 
     # ------------------------------------------------------------------------------- ending
 
@@ -399,17 +386,39 @@ class IsolatedWorkspace:
             _LOG.warning("closing the isolated workspace %s failed: %s", self.root, failed)
 
 
-class isolate:  # lower case: used like a function, `async with isolate(...) as iso`
-    """``async with isolate(workspace, **options) as iso``: :meth:`IsolatedWorkspace.create` on
-    entry, :meth:`IsolatedWorkspace.close` on exit (``iso.changes`` then holds the result)."""
+def isolate(
+    workspace: str | os.PathLike[str],
+    *,
+    isolation: IsolationMode = "worktree",
+    base: str | None = None,
+    keep: KeepPolicy = "on_change",
+    name: str | None = None,
+    directory: str | os.PathLike[str] | None = None,
+    copy_exclude: Sequence[str] = DEFAULT_COPY_EXCLUDE,
+) -> AsyncContextManager[IsolatedWorkspace]:
+    """``async with isolate(workspace, ...) as iso``: :meth:`IsolatedWorkspace.create` (same
+    arguments) on entry, :meth:`IsolatedWorkspace.close` on exit; ``iso.changes`` then holds the
+    result. An error of the block wins over one of ``close`` (which is logged)."""
+    return _Isolating(
+        lambda: IsolatedWorkspace.create(
+            workspace,
+            isolation=isolation,
+            base=base,
+            keep=keep,
+            name=name,
+            directory=directory,
+            copy_exclude=copy_exclude,
+        )
+    )
 
-    def __init__(self, workspace: str | os.PathLike[str], **options: object) -> None:
-        self._workspace = workspace
-        self._options = options
+
+class _Isolating:
+    def __init__(self, make: Callable[[], Awaitable[IsolatedWorkspace]]) -> None:
+        self._make = make
         self._made: IsolatedWorkspace | None = None
 
     async def __aenter__(self) -> IsolatedWorkspace:
-        self._made = await IsolatedWorkspace.create(self._workspace, **self._options)  # type: ignore[arg-type]
+        self._made = await self._make()
         return self._made
 
     async def __aexit__(
