@@ -18,13 +18,21 @@ def check_prompt(prompt: object) -> str:
     return prompt
 
 
-def check_workspace(workspace: object) -> str:
-    """Return the absolute, resolved workspace path; it must be an existing directory."""
+def check_workspace(workspace: object, *, must_exist: bool = True) -> str:
+    """Return the absolute, resolved workspace path; it must be an existing directory.
+
+    ``must_exist=False``: only the type is checked and the path made absolute (a workspace that
+    is made on a remote node, e.g. by a cluster backend's set-up).
+    """
     if not isinstance(workspace, (str, os.PathLike)):
         raise OpenCodeConfigError(
             f"workspace must be a path (str or os.PathLike), got {type(workspace).__name__} {workspace!r}"
         )
     path = Path(os.fspath(workspace)).expanduser()
+    if not must_exist:
+        if not os.fspath(workspace) or "\x00" in os.fspath(path):
+            raise OpenCodeConfigError(f"workspace must be a non-empty path, got {workspace!r}")
+        return os.path.abspath(path)
     if not path.exists():
         raise OpenCodeConfigError(
             f"workspace {os.fspath(workspace)!r} does not exist; pass an existing directory"

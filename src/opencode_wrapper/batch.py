@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from opencode_wrapper._model.event import Event, TokenUsage
 from opencode_wrapper._model.outcome import RunResult, exception_for
-from opencode_wrapper._model.run_error import RunError
+from opencode_wrapper._model.run_error import Attempt, RunError
 from opencode_wrapper._observers import EventCallback, notify
 from opencode_wrapper.backends.base import Backend
 from opencode_wrapper.backends.handle import RunHandle
@@ -88,6 +88,7 @@ class TaskOutcome:
             stopped the task before it had one.
         elapsed_s: wall time from start to end.
         started: ``False`` for a task that was skipped (fail-fast, budget exhausted).
+        attempts: every try of the task, in order, with its error (the last one is ``result``'s).
     """
 
     index: int
@@ -96,6 +97,12 @@ class TaskOutcome:
     exception: BaseException | None = None
     elapsed_s: float = 0.0
     started: bool = True
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def node_id(self) -> str | None:
+        """Where the last try ran, when the backend says (a cluster node)."""
+        return self.attempts[-1].node_id if self.attempts else None
 
     @property
     def ok(self) -> bool:
@@ -304,6 +311,7 @@ async def iter_run_many(
                 run_cfg=merged,
                 timeout_s=task.timeout_s,
                 on_event=_observer(on_event, index),
+                workspace_is_local=chosen.local_workspaces,
             )
             chosen.check(request)
         except OpenCodeConfigError as exc:
@@ -378,6 +386,9 @@ async def _schedule(
                 result = outcome.result = await handle.wait()
             if result.error is not None and result.error.raised:
                 outcome.exception = exception_for(result)
+            outcome.attempts = list(handle.attempts) or [
+                Attempt(1, result.error, time.monotonic() - started, handle.placement)
+            ]
         except asyncio.CancelledError:
             # The batch itself is being left: the handle ended the run; keep what it did.
             with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ from opencode_wrapper._model.outcome import RunResult, exception_for
 from opencode_wrapper._model.run_error import (
     ERROR_KINDS,
     RAISED_KINDS,
+    Attempt,
     ErrorKind,
     PermissionRejection,
     RunError,
@@ -25,6 +26,7 @@ from opencode_wrapper._wire.server import ServerEventParser
 __all__ = [
     "ERROR_KINDS",
     "RAISED_KINDS",
+    "Attempt",
     "ErrorKind",
     "PermissionRejection",
     "RunError",

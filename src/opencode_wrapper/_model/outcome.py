@@ -68,6 +68,11 @@ class RunResult:
     permission_rejections: list[PermissionRejection] = field(default_factory=list)
     _fold: Fold | None = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        # Results built by hand (seed code, tests) may hold plain dicts: give them the typed view.
+        self.events = [ev if isinstance(ev, Event) else as_event(ev) for ev in self.events]
+        self.tool_calls = [c if isinstance(c, ToolCall) else ToolCall(c) for c in self.tool_calls]
+
     @classmethod
     def from_fold(cls, fold: Fold, **extra: Any) -> RunResult:
         """The result of the events ``fold`` has seen, with ``extra`` fields set over them."""

@@ -7,7 +7,7 @@ from typing import Any, Literal, get_args
 
 from opencode_wrapper._model.event import EventError
 
-__all__ = ["ERROR_KINDS", "RAISED_KINDS", "ErrorKind", "PermissionRejection", "RunError"]
+__all__ = ["ERROR_KINDS", "RAISED_KINDS", "Attempt", "ErrorKind", "PermissionRejection", "RunError"]
 
 ErrorKind = Literal[
     "api_error",
@@ -146,5 +146,23 @@ class PermissionRejection:
     message: str | None = None
 
 
+@dataclass
+class Attempt:
+    """One try of a task: a batch retries a failed task from a fresh start, a cluster retries a task
+    whose node was lost.
+
+    Attributes:
+        number: 1 for the first try.
+        error: why this try failed (``None``: it succeeded).
+        elapsed_s: its wall time.
+        node_id: where it ran, when the backend says (a cluster node).
+    """
+
+    number: int
+    error: RunError | None = None
+    elapsed_s: float = 0.0
+    node_id: str | None = None
+
+
 # Shown (and pickled) under the public module that exports them.
-RunError.__module__ = PermissionRejection.__module__ = "opencode_wrapper.results"
+RunError.__module__ = PermissionRejection.__module__ = Attempt.__module__ = "opencode_wrapper.results"

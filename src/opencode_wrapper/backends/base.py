@@ -24,6 +24,7 @@ from opencode_wrapper._model.event import Event
 from opencode_wrapper._model.outcome import RunResult, raise_for_run
 from opencode_wrapper.backends.handle import RunHandle
 from opencode_wrapper.backends.request import RunRequest
+from opencode_wrapper.backends.watch import watchers_for
 from opencode_wrapper.errors import OpenCodeConfigError
 
 __all__ = ["Backend", "refuse", "run_request", "stream_request"]
@@ -39,6 +40,9 @@ class Backend(ABC):
 
     #: Short name, as in results and error messages (``"run"``, ``"server"``, ``"pool"``).
     name: str = "?"
+    #: Whether workspaces must exist on this machine (``False`` for a cluster that makes them on
+    #: its nodes): ``run_many`` checks them before any task starts only then.
+    local_workspaces: bool = True
 
     @abstractmethod
     def check(self, request: RunRequest) -> None:
@@ -51,7 +55,9 @@ class Backend(ABC):
     def open(self, request: RunRequest) -> RunHandle:
         """Check ``request`` and return its handle (not started: enter, iterate or wait it)."""
         self.check(request)
-        return self._handle(request)
+        handle = self._handle(request)
+        handle.watchers = watchers_for(request)
+        return handle
 
     @property
     def capacity(self) -> int | None:

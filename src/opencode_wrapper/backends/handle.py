@@ -25,18 +25,50 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from abc import ABC, abstractmethod
 from types import TracebackType
 
 from opencode_wrapper._aio import finish
 from opencode_wrapper._eventlog import EventLog
-from opencode_wrapper._model.event import Event
+from opencode_wrapper._model.event import Event, TokenUsage
+from opencode_wrapper._model.fold import Fold
 from opencode_wrapper._model.outcome import RunResult
-from opencode_wrapper._model.run_error import RunError
+from opencode_wrapper._model.run_error import Attempt, RunError
 from opencode_wrapper._observers import notify
 from opencode_wrapper.backends.request import RunRequest
 
-__all__ = ["RunHandle"]
+__all__ = ["RunHandle", "RunWatcher"]
+
+_LOG = logging.getLogger("opencode_wrapper")
+
+
+class RunWatcher:
+    """Looks at one run from inside its handle (per-run limits, tracing, tool hooks).
+
+    Told of the run's start, of each event as it passes through the handle (after the result's
+    accumulator took it: ``handle.usage``/``cost``/``steps`` count it; before ``on_event`` and
+    the iterator see it), and of its end. It may end the run with ``handle.stop(error)``. A
+    watcher that raises is logged and ignored: watching never breaks a run. This base class does
+    nothing in each hook.
+    """
+
+    def started(self, handle: RunHandle) -> None:
+        """The run is starting (nothing has been spawned yet)."""
+
+    def event(self, handle: RunHandle, event: Event) -> None:
+        """One event of the run."""
+
+    def finished(self, handle: RunHandle, result: RunResult) -> None:
+        """The run ended with ``result`` (its processes are gone)."""
+
+
+def _call(watchers: list[RunWatcher], hook: str, *args: object) -> None:
+    for watcher in watchers:
+        try:
+            getattr(watcher, hook)(*args)
+        except Exception:
+            _LOG.exception("a run watcher (%s.%s) raised; ignored", type(watcher).__name__, hook)
 
 
 class RunHandle(ABC):
@@ -48,9 +80,16 @@ class RunHandle(ABC):
     """
 
     backend: str = "?"
+    #: Where the run happens, when the backend knows more than its name (a cluster node's id).
+    placement: str | None = None
+    #: The run's accumulator (backends keep it current: running totals and the result come from it).
+    _fold: Fold
 
     def __init__(self, request: RunRequest) -> None:
         self.request = request
+        self.watchers: list[RunWatcher] = []
+        #: Tries the backend made itself (a cluster retrying a lost node), if it made more than one.
+        self.attempts: list[Attempt] = []
         self._buffer: collections.deque[Event] = collections.deque()
         self._buffering = True
         self._wakeup = asyncio.Event()
@@ -75,8 +114,26 @@ class RunHandle(ABC):
     def _partial(self) -> RunResult:
         """The result of what was done (after ``_produce`` ended, however it ended)."""
 
+    @property
+    def usage(self) -> TokenUsage:
+        """Tokens used so far."""
+        return self._fold.usage
+
+    @property
+    def cost(self) -> float:
+        """Cost so far."""
+        return self._fold.cost
+
+    @property
+    def steps(self) -> int:
+        """Model steps so far."""
+        return self._fold.steps
+
     def _emit(self, event: Event) -> None:
-        """Pass one event of the run on: log file, ``on_event``, the iterator."""
+        """Pass one event of the run on (the backend already folded it): watchers, log file,
+        ``on_event``, the iterator."""
+        if self.watchers:
+            _call(self.watchers, "event", self, event)
         if self._log is not None:
             self._log.write(event)
         notify(self.request.on_event, event)
@@ -96,6 +153,7 @@ class RunHandle(ABC):
             return self
         if self.request.log_file is not None:
             self._log = EventLog(self.request.log_file, self.request.log_exclude_types)
+        _call(self.watchers, "started", self)
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._main())
         timeout = self.request.timeout_s
@@ -131,6 +189,8 @@ class RunHandle(ABC):
             if self._exception is None:
                 self._result = self._finished_result()
         finally:
+            if self._result is not None:
+                _call(self.watchers, "finished", self, self._result)
             if self._timer is not None:
                 self._timer.cancel()
             if self._log is not None:

@@ -122,10 +122,13 @@ class RunRequest:
         on_question: QuestionCallback | None = None,
         callback_timeout_s: object = DEFAULT_CALLBACK_TIMEOUT_S,
         title: str | None = None,
+        workspace_is_local: bool = True,
     ) -> RunRequest:
         """Check every argument; raise :class:`OpenCodeConfigError` naming the first bad one.
 
-        ``None`` for an option means "not given" (its default applies).
+        ``None`` for an option means "not given" (its default applies). ``workspace_is_local=False``
+        (for a backend whose workspaces live elsewhere, ``Backend.local_workspaces``) skips the
+        check that the workspace exists here.
         """
         given = {
             name
@@ -164,7 +167,7 @@ class RunRequest:
         check_non_negative(delay, "retry_delay_s")
         return cls(
             prompt=prompt,
-            workspace=check_workspace(workspace),
+            workspace=check_workspace(workspace, must_exist=workspace_is_local),
             config=cfg,
             timeout_s=check_timeout(timeout_s),
             log_file=os.fspath(log_file) if log_file is not None else None,

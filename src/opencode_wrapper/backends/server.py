@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Awaitable, Callable
 
 from opencode_wrapper._aio import finish
 from opencode_wrapper._model.fold import Fold
 from opencode_wrapper._model.outcome import RunResult
 from opencode_wrapper._model.run_error import RunError
+from opencode_wrapper._proc.environment import check_data_home
 from opencode_wrapper._server.base import ServerBase
 from opencode_wrapper._turn.engine import Turn
 from opencode_wrapper._turn.link import SessionLink
@@ -88,7 +90,12 @@ class ServerBackend(Backend):
                 "server, which is already running with its own (use a ServerPool or run_many, which start "
                 "a server per configuration, or start a server with them)",
             )
-        if request.data_home is not None and request.data_home != self.server.data_home:
+        server_home = self.server.data_home
+        # Both sides as opencode gets them (absolute, ``~`` expanded): the same directory given as
+        # "data" or "~/data" is the server's own.
+        if request.data_home is not None and (
+            server_home is None or request.data_home != os.fspath(check_data_home(server_home))
+        ):
             raise refuse(self.name, "data_home", "the server's data directory was fixed when it started")
         if self.link is not None and request.workspace != self.link.workspace:
             raise refuse(self.name, "workspace", f"the session works in {self.link.workspace}")
