@@ -20,7 +20,7 @@ from opencode_wrapper._proc.process import spawn_reaper
 class CleanupGuard:
     """Does ``actions`` if (and only if) this process dies before :meth:`release`.
 
-    The guard (``reaper.py`` in guard mode, about 10 MB of RSS) sees the death as EOF on a pipe
+    The guard (``reaper.py`` in guard mode, about 13 MB of RSS) sees the death as EOF on a pipe
     that only we hold, whatever killed us, SIGKILL included. It then first kills every process
     carrying ``kill_tag`` (our own git commands, which would otherwise go on writing), then does
     ``actions`` in order.
