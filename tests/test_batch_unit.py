@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from opencode_wrapper import OpenCodeConfigError, OpenCodeProcessError, RunConfig
+from fakes.backend import ExecutorBackend
+
 from opencode_wrapper.batch import Budget, Progress, Task, TaskOutcome, _schedule, iter_run_many, run_many
 from opencode_wrapper.events import RunError, RunResult, TokenUsage
 
@@ -18,6 +20,11 @@ def _tasks(n: int, workspace: Path) -> list[Task]:
 
 def _result(tokens: int = 10, cost: float = 0.0) -> RunResult:
     return RunResult(final_text="done", token_usage=TokenUsage(total=tokens), total_cost=cost)
+
+
+def _with(tasks: list[Task], executor: object) -> tuple[object, ExecutorBackend]:
+    backend = ExecutorBackend(executor, tasks)  # type: ignore[arg-type]
+    return backend.pairs(), backend
 
 
 async def _collect(gen: object) -> list[TaskOutcome]:
@@ -42,7 +49,11 @@ async def test_concurrency_limit_is_respected_and_every_task_has_an_outcome(tmp_
 
     outcomes = await _collect(
         _schedule(
-            _tasks(10, tmp_path), executor, concurrency=3, fail_fast=False, on_progress=None, budget=None
+            *_with(_tasks(10, tmp_path), executor),
+            concurrency=3,
+            fail_fast=False,
+            on_progress=None,
+            budget=None,
         )
     )
     assert peak == 3
@@ -58,7 +69,7 @@ async def test_outcomes_come_as_completed(tmp_path: Path) -> None:
         return _result()
 
     gen = _schedule(
-        _tasks(3, tmp_path), executor, concurrency=3, fail_fast=False, on_progress=None, budget=None
+        *_with(_tasks(3, tmp_path), executor), concurrency=3, fail_fast=False, on_progress=None, budget=None
     )
     order = []
     for index in (2, 0, 1):
@@ -77,7 +88,11 @@ async def test_one_failure_keeps_the_others_and_carries_its_result(tmp_path: Pat
 
     outcomes = await _collect(
         _schedule(
-            _tasks(3, tmp_path), executor, concurrency=2, fail_fast=False, on_progress=None, budget=None
+            *_with(_tasks(3, tmp_path), executor),
+            concurrency=2,
+            fail_fast=False,
+            on_progress=None,
+            budget=None,
         )
     )
     by_index = {o.index: o for o in outcomes}
@@ -100,7 +115,13 @@ async def test_fail_fast_cancels_running_and_skips_the_rest(tmp_path: Path) -> N
         raise AssertionError("unreachable")
 
     outcomes = await _collect(
-        _schedule(_tasks(5, tmp_path), executor, concurrency=2, fail_fast=True, on_progress=None, budget=None)
+        _schedule(
+            *_with(_tasks(5, tmp_path), executor),
+            concurrency=2,
+            fail_fast=True,
+            on_progress=None,
+            budget=None,
+        )
     )
     assert len(outcomes) == 5
     assert "task 1" not in [o.task.prompt for o in outcomes if o.ok]  # cancelled, started or not
@@ -117,7 +138,11 @@ async def test_budget_stops_new_tasks_and_reports_usage(tmp_path: Path) -> None:
 
     outcomes = await _collect(
         _schedule(
-            _tasks(6, tmp_path), executor, concurrency=1, fail_fast=False, on_progress=None, budget=budget
+            *_with(_tasks(6, tmp_path), executor),
+            concurrency=1,
+            fail_fast=False,
+            on_progress=None,
+            budget=budget,
         )
     )
     ran = [o for o in outcomes if o.started]
@@ -138,11 +163,17 @@ async def test_budget_can_abort_running_tasks(tmp_path: Path) -> None:
 
     outcomes = await _collect(
         _schedule(
-            _tasks(3, tmp_path), executor, concurrency=3, fail_fast=False, on_progress=None, budget=budget
+            *_with(_tasks(3, tmp_path), executor),
+            concurrency=3,
+            fail_fast=False,
+            on_progress=None,
+            budget=budget,
         )
     )
     assert sorted((o.index, o.ok) for o in outcomes) == [(0, True), (1, False), (2, False)]
-    assert all(o.error is not None and o.error.kind == "cancelled" for o in outcomes if o.index)
+    # Stopped by the budget: that is their error (0.4.0 said "cancelled").
+    assert all(o.error is not None and o.error.kind == "budget_exhausted" for o in outcomes if o.index)
+    assert all(o.started for o in outcomes)
 
 
 async def test_progress_callback_sync_and_async(tmp_path: Path) -> None:
@@ -156,8 +187,7 @@ async def test_progress_callback_sync_and_async(tmp_path: Path) -> None:
 
     outcomes = await _collect(
         _schedule(
-            _tasks(2, tmp_path),
-            executor,
+            *_with(_tasks(2, tmp_path), executor),
             concurrency=1,
             fail_fast=False,
             on_progress=on_progress,
@@ -185,7 +215,7 @@ async def test_leaving_early_cancels_what_runs(tmp_path: Path) -> None:
         raise AssertionError("unreachable")
 
     gen = _schedule(
-        _tasks(2, tmp_path), executor, concurrency=2, fail_fast=False, on_progress=None, budget=None
+        *_with(_tasks(2, tmp_path), executor), concurrency=2, fail_fast=False, on_progress=None, budget=None
     )
     first = await gen.__anext__()
     await started.wait()
@@ -205,8 +235,8 @@ async def test_bad_tasks_are_refused_before_anything_runs(tmp_path: Path) -> Non
         await run_many([("hi", tmp_path)], backend="threads")
     with pytest.raises(OpenCodeConfigError, match="task #0"):
         await run_many(["just a prompt"])  # type: ignore[list-item]
-    with pytest.raises(OpenCodeConfigError, match="ask"):
-        await run_many([Task("hi", tmp_path, RunConfig(permission={"bash": "ask"}))])
+    with pytest.raises(OpenCodeConfigError, match="'ask' is not supported"):
+        await run_many([Task("hi", tmp_path, RunConfig(permission={"bash": "ask"}))], backend="run")
     with pytest.raises(OpenCodeConfigError):
         Budget()
     with pytest.raises(OpenCodeConfigError, match="max_tokens"):

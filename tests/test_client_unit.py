@@ -47,7 +47,9 @@ from opencode_wrapper._validation import (
     check_type_names,
     check_workspace,
 )
-from opencode_wrapper.client import _Recorder
+from opencode_wrapper.backends.process import ProcessBackend, ProcessRun
+from opencode_wrapper.backends.request import RunRequest
+from opencode_wrapper.results import exception_for
 
 SQLITE_CRASH = "\x1b[91m\x1b[1mError: \x1b[0mSQLiteError: database is locked\n"
 PROMPT = "Say hello"
@@ -230,7 +232,7 @@ BAD_RUN_ARGS: list[tuple[str, dict[str, Any], str]] = [
     ("model-no-provider", {"run_cfg": RunConfig(model="/m1")}, "'/m1'"),
     ("model-nul", {"run_cfg": RunConfig(model="fake/m\x00")}, "'fake/m\\x00'"),
     ("agent-empty", {"run_cfg": RunConfig(agent="")}, "agent must be a non-empty string or None, got ''"),
-    ("permission-ask", {"run_cfg": RunConfig(permission={"bash": "ask"})}, "'ask' at 'bash'"),
+    ("permission-ask", {"run_cfg": RunConfig(permission={"bash": "ask"})}, "'ask' is not supported in run mode at 'bash'"),
     ("permission-typo", {"run_cfg": RunConfig(permission={"edit": "alow"})}, "'alow' at 'edit'"),
     ("extra-env-int", {"run_cfg": RunConfig(extra_env={"PORT": 1})}, "'PORT'=int"),  # type: ignore[dict-item]
     ("extra-env-nul", {"run_cfg": RunConfig(extra_env={"K": "a\x00"})}, "'K'"),
@@ -303,9 +305,11 @@ async def test_bad_stream_arguments_fail_before_anything_is_spawned(
     workspace: Path,
 ) -> None:
     kwargs: dict[str, Any] = {"prompt": PROMPT, "workspace": workspace, **overrides}
-    events, error = await _collect(idle_client.async_stream(**kwargs))
-    assert events == []
-    assert isinstance(error, OpenCodeConfigError) and fragment in str(error)
+    # Checked when async_stream is called, before anything starts (seed code iterating it right
+    # away sees the same exception).
+    with pytest.raises(OpenCodeConfigError) as info:
+        idle_client.async_stream(**kwargs)
+    assert fragment in str(info.value)
     assert idle_fake.calls() == []
 
 
@@ -355,7 +359,7 @@ async def test_prompt_arrives_on_stdin_byte_for_byte_and_not_in_argv(
     assert result.ok
     [call] = fake.calls()
     assert fake.stdin_of(call) == TRICKY_PROMPT.encode("utf-8")
-    assert call["argv"] == ["run", "--format", "json"]
+    assert call["argv"] == ["run", "--format", "json", "--title=opencode-wrapper one-shot run"]
     assert not any("double quotes" in arg or arg == "-n" for arg in call["argv"])
 
 
@@ -589,6 +593,14 @@ async def test_sigkill_is_a_process_error_not_a_cancellation(
     assert info.value.result is not None and isinstance(info.value.result.events[0], StepStartEvent)
 
 
+def _finished_run(tmp_path: Path, exit_code: int, *lines: str) -> ProcessRun:
+    run = ProcessRun(ProcessBackend(), RunRequest.create("p", tmp_path))
+    for line in lines:
+        run._fold.add(parse_event_line(line))
+    run._exit_code = exit_code
+    return run
+
+
 @pytest.mark.parametrize(
     ("exit_code", "expected"),
     [
@@ -601,22 +613,19 @@ async def test_sigkill_is_a_process_error_not_a_cancellation(
         (143, OpenCodeProcessError),
     ],
 )
-def test_exit_status_classification(exit_code: int, expected: type[Exception]) -> None:
-    recorder = _Recorder()
-    recorder.events.append(parse_event_line(E.line(E.step_start())))
-    recorder.exit_code = exit_code
-    with pytest.raises(expected) as info:
-        AsyncOpenCodeClient._raise_for_exit(recorder)
-    assert type(info.value) is expected
-    result = info.value.result  # type: ignore[attr-defined]
+def test_exit_status_classification(tmp_path: Path, exit_code: int, expected: type[Exception]) -> None:
+    result = _finished_run(tmp_path, exit_code, E.line(E.step_start()))._partial()
+    exc = exception_for(result)
+    assert type(exc) is expected
+    assert exc is not None and exc.result is result
     assert result.exit_code == exit_code and len(result.events) == 1
+    assert result.error is not None and result.error.raised
     assert result.error.kind == ("cancelled" if expected is OpenCodeCancelledError else "process_exit")
 
 
-def test_exit_0_raises_nothing() -> None:
-    recorder = _Recorder()
-    recorder.exit_code = 0
-    AsyncOpenCodeClient._raise_for_exit(recorder)
+def test_exit_0_raises_nothing(tmp_path: Path) -> None:
+    result = _finished_run(tmp_path, 0, E.line(E.step_start()), E.line(E.text("hi")), E.line(E.step_finish()))._partial()
+    assert result.ok and exception_for(result) is None
 
 
 async def test_timeout_ends_the_process_and_keeps_the_partial_result(
@@ -775,7 +784,7 @@ async def test_runs_sharing_a_data_dir_take_turns_and_private_runs_do_not_wait(
     ]
     try:
         assert await _until(lambda: len(fake.calls()) == 2)
-        slot = client._shared_data_slots[os.path.realpath(shared)]
+        slot = client._process._shared_data_slots[os.path.realpath(shared)]
         assert slot.locked(), "both slots are taken; the other two runs wait before spawning"
         private = asyncio.ensure_future(client.async_run(PROMPT, workspace, timeout_s=60))
         assert await _until(lambda: len(fake.calls()) == 3), "a private run does not queue"

@@ -130,7 +130,7 @@ BAD_CONFIGS: list[tuple[str, Any, str]] = [
     ("agent", RunConfig(agent=""), "agent must be a non-empty string or None, got ''"),
     ("agent", RunConfig(agent="   "), "got '   '"),
     ("agent", RunConfig(agent=5), "got 5"),  # type: ignore[arg-type]
-    ("permission", RunConfig(permission={"bash": "ask"}), "'ask' at 'bash'"),
+    ("permission", RunConfig(permission={"bash": "ask"}), "'ask' is not supported in run mode at 'bash'"),
     ("extra_env", RunConfig(extra_env=["A=1"]), "got a list"),  # type: ignore[arg-type]  # values never printed
     ("extra_env", RunConfig(extra_env={"PORT": 8080}), "'PORT'=int"),  # type: ignore[dict-item]
     ("extra_env", RunConfig(extra_env={"": "x"}), "entry ''"),

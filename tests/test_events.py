@@ -32,7 +32,8 @@ from opencode_wrapper import (
 )
 from opencode_wrapper._eventlog import EventLog
 from opencode_wrapper.errors import OpenCodeConfigError
-from opencode_wrapper.events import make_event, parse_auto_rejections
+from opencode_wrapper._model.fold import parse_auto_rejections
+from opencode_wrapper.events import make_event
 
 
 def _aggregate(

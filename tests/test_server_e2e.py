@@ -264,7 +264,7 @@ async def test_a_titled_session_and_a_one_shot_run_cost_no_title_request(
         one_shot = await server.run("[[say: one shot]]", workspace)
         async with server.session(workspace, title="Nightly triage") as titled:
             assert (await titled.send("[[say: titled]]")).ok
-            info = await server._request(
+            info = await server.request(
                 "GET", f"/session/{titled.session_id}", params={"directory": str(workspace)}
             )
             assert info["title"] == "Nightly triage"

@@ -28,7 +28,9 @@ PASSWORD = "s3cret-fake"
 class FakeServer:
     def __init__(self) -> None:
         self.frames: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.routes: dict[tuple[str, str], tuple[int, Any]] = {}
+        self.routes: dict[tuple[str, str], tuple[int, Any]] = {
+            ("GET", "/global/health"): (200, {"healthy": True, "version": "1.18.33"})
+        }
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.silent = False
         self._server: asyncio.Server | None = None
@@ -174,7 +176,7 @@ async def test_a_silent_event_stream_counts_as_broken(
 
 async def test_events_are_routed_by_session_and_sub_agent(fake: FakeServer) -> None:
     async with OpenCodeServer.attach(fake.url, password=PASSWORD) as server:
-        a, b = server._subscribe("ses_a"), server._subscribe("ses_b")
+        a, b = server.subscribe("ses_a"), server.subscribe("ses_b")
         fake.push(event("session.status", "ses_a", status={"type": "busy"}))
         fake.push(event("session.status", "ses_b", status={"type": "busy"}))
         fake.push(event("session.status", "ses_unknown", status={"type": "busy"}))
@@ -194,14 +196,14 @@ async def test_events_are_routed_by_session_and_sub_agent(fake: FakeServer) -> N
             ("server.heartbeat", None),
         ]
         assert await a.get(0.05) is None and await b.get(0.05) is None
-        server._unsubscribe(a)
-        server._unsubscribe(b)
+        server.unsubscribe(a)
+        server.unsubscribe(b)
 
 
 async def test_a_broken_stream_fails_every_waiter_quickly(fake: FakeServer) -> None:
     server = OpenCodeServer.attach(fake.url, password=PASSWORD)
     await server.start()
-    subs = [server._subscribe(f"ses_{i}") for i in range(5)]
+    subs = [server.subscribe(f"ses_{i}") for i in range(5)]
     fake.push(event("session.idle", "ses_0"))
     first = await subs[0].get(5)
     assert first is not None and first.type == "session.idle"
@@ -213,17 +215,17 @@ async def test_a_broken_stream_fails_every_waiter_quickly(fake: FakeServer) -> N
     assert time.monotonic() - broke_at < 2
     assert not server.alive
     with pytest.raises(OpenCodeServerError):
-        server._subscribe("ses_new")
+        server.subscribe("ses_new")
     await server.aclose()
 
 
 async def test_the_password_is_scrubbed_from_events(fake: FakeServer) -> None:
     async with OpenCodeServer.attach(fake.url, password=PASSWORD) as server:
-        sub = server._subscribe("ses_a")
+        sub = server.subscribe("ses_a")
         fake.push(event("message.part.updated", "ses_a", part={"type": "tool", "output": f"PW={PASSWORD}\n"}))
         got = await sub.get(5)
         assert got is not None and got.properties["part"]["output"] == "PW=***\n"
-        server._unsubscribe(sub)
+        server.unsubscribe(sub)
 
 
 async def test_attach_with_wrong_password_is_refused(fake: FakeServer) -> None:

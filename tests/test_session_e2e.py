@@ -26,7 +26,7 @@ import pytest
 import pytest_asyncio
 
 from opencode_wrapper import OpenCodeServerError, OpenCodeTimeoutError, RunConfig
-from opencode_wrapper._callbacks import PermissionReply
+from opencode_wrapper import PermissionReply
 from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.server import OpenCodeServer
 from opencode_wrapper.testing import OfflineModelServer
@@ -382,7 +382,7 @@ async def test_cancelling_the_task_aborts_the_turn(server: OpenCodeServer, works
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        status = await server._request("GET", "/session/status", params={"directory": str(workspace)})
+        status = await server.request("GET", "/session/status", params={"directory": str(workspace)})
         after = await s.send("[[say: after cancel]]")
     assert s.session_id not in status  # the cancelled turn was aborted before CancelledError came
     assert after.ok and after.final_text == "after cancel"
@@ -492,7 +492,7 @@ async def test_password_never_shows(server: OpenCodeServer, workspace: Path, tmp
     async with server.session(workspace, on_permission=approve, log_file=log) as s:
         assert password not in repr(s)
         with pytest.raises(OpenCodeServerError) as caught:
-            await server._request("GET", "/session/ses_doesnotexist")
+            await server.request("GET", "/session/ses_doesnotexist")
         # opencode hands its environment (with the password) to the commands the agent runs.
         leak = await s.send("[[bash: env | grep OPENCODE_SERVER_PASSWORD]]")
     assert password not in str(caught.value)

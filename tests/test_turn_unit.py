@@ -12,16 +12,10 @@ from typing import Any
 
 import pytest
 
-from opencode_wrapper._callbacks import PermissionReply, check_callback, read_answers, read_permission_reply
-from opencode_wrapper._turn import (
-    TurnTracker,
-    aggregate_server_result,
-    check_json_schema_builtin,
-    format_message_id,
-    new_message_id,
-    structured_spec,
-    validate_json_schema,
-)
+from opencode_wrapper._turn.callbacks import PermissionReply, check_callback, read_answers, read_permission_reply
+from opencode_wrapper._turn.structured import structured_spec
+from opencode_wrapper._turn.tracker import TurnTracker, format_message_id, new_message_id
+from opencode_wrapper.results import aggregate_server_result
 from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.events import Event, make_event
 
@@ -393,8 +387,7 @@ SCHEMA = {
     ],
 )
 def test_schema_accepts(value: Any) -> None:
-    assert check_json_schema_builtin(value, SCHEMA) == []
-    assert validate_json_schema(value, SCHEMA) == []
+    assert structured_spec(SCHEMA).check(value) == (value, [])
 
 
 @pytest.mark.parametrize(
@@ -402,26 +395,34 @@ def test_schema_accepts(value: Any) -> None:
     [
         ({"answer": 42, "score": 7}, "$.answer: 42 is not of type 'string'"),
         ({"answer": "x"}, "$: 'score' is a required property"),
-        ({"answer": "", "score": 1}, "fewer than minLength"),
+        ({"answer": "", "score": 1}, "should be non-empty"),
         ({"answer": "x", "score": 11}, "maximum"),
         ({"answer": "x", "score": 1.5}, "not of type 'integer'"),
-        ({"answer": "x", "score": 1, "tags": ["c"]}, "not one of"),
+        ({"answer": "x", "score": 1, "tags": ["c"]}, "is not one of"),
         ({"answer": "x", "score": 1, "other": 1}, "other"),
-        ({"answer": "x", "score": 1, "extra": {"y": 1}}, "anyOf"),
-        ([1, 2], "not of type 'object'"),
+        ({"answer": "x", "score": 1, "extra": {"y": 1}}, "is not valid under any of the given schemas"),
+        ([1, 2], "is not of type 'object'"),
     ],
 )
 def test_schema_rejects(value: Any, reason: str) -> None:
-    problems = check_json_schema_builtin(value, SCHEMA)
-    assert problems and any(reason in p for p in problems), problems
-    assert validate_json_schema(value, SCHEMA)  # jsonschema, when installed, agrees
+    checked, problems = structured_spec(SCHEMA).check(value)
+    assert checked is None and any(reason in p for p in problems), problems
 
 
-def test_jsonschema_is_used_when_installed() -> None:
-    pytest.importorskip("jsonschema")
-    problems = validate_json_schema({"answer": 42}, SCHEMA)
-    assert "$: 'score' is a required property" in problems
-    assert "$.answer: 42 is not of type 'string'" in problems
+def test_every_keyword_is_checked_by_jsonschema() -> None:
+    # The 0.4.0 built-in checker accepted keywords it did not know, such as patternProperties.
+    schema = {"type": "object", "patternProperties": {"^n_": {"type": "integer"}}, "minProperties": 1}
+    spec = structured_spec(schema)
+    assert spec.check({"n_a": 1}) == ({"n_a": 1}, [])
+    _, problems = spec.check({"n_a": "one"})
+    assert problems == ["$.n_a: 'one' is not of type 'integer'"]
+    _, problems = spec.check({})
+    assert problems and "should be non-empty" in problems[0]
+
+
+def test_an_invalid_schema_is_refused_before_anything_starts() -> None:
+    with pytest.raises(OpenCodeConfigError, match="not a valid JSON schema"):
+        structured_spec({"type": "object", "properties": {"a": {"type": "strng"}}})
 
 
 def test_structured_spec_refuses_non_object_and_non_schema() -> None:

@@ -278,7 +278,7 @@ async def test_a_cancel_that_meets_an_event_is_not_swallowed_in_run_mode(
 
 async def test_a_cancel_that_meets_an_event_is_not_swallowed_in_a_session_turn() -> None:
     from opencode_wrapper.events import make_event
-    from opencode_wrapper.server import _Subscription
+    from opencode_wrapper._server.bus import Subscription as _Subscription
 
     sub = _Subscription("ses_a")
     waiting = asyncio.ensure_future(sub.get(60))

@@ -3,7 +3,7 @@
 * ``parse_event_line`` is documented never to raise: random text and bytes, truncated real
   lines, random JSON shaped like events (with NaN/Infinity and huge numbers, which Python's json
   accepts) all give an :class:`Event`; every typed accessor works on it, and the result built from
-  such events (``aggregate_run_result``, ``diagnose_run``, ``run_result_fuzzy_text``) is built
+  such events (``aggregate_run_result`` (with its diagnosis), ``run_result_fuzzy_text``) is built
   without an exception.
 * The SSE path of a server (``Transport.global_events`` -> ``OpenCodeServer._run_bus`` ->
   dispatch to session subscriptions -> ``TurnTracker`` -> ``aggregate_server_result``) is fed
@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from opencode_wrapper import Event, OpenCodeServerError, aggregate_run_result, parse_event_line
 from opencode_wrapper._http import Transport
-from opencode_wrapper._turn import TurnTracker, aggregate_server_result
-from opencode_wrapper.events import diagnose_run, run_result_fuzzy_text
+from opencode_wrapper._turn.tracker import TurnTracker
+from opencode_wrapper.results import aggregate_server_result, run_result_fuzzy_text
 from opencode_wrapper.server import OpenCodeServer
 from reliability._support import scaled
 
@@ -147,7 +147,6 @@ def test_parse_event_line_never_raises(raw: list[str | bytes], exit_code: int, s
         parsed.append(event)
     texts = [r if isinstance(r, str) else r.decode("utf-8", "replace") for r in raw]
     result = aggregate_run_result(events=parsed, raw_stdout_lines=texts, exit_code=exit_code, stderr=stderr)
-    diagnose_run(result)
     run_result_fuzzy_text(result)
     repr(result)
     assert result.ok is (result.error is None)
@@ -236,7 +235,7 @@ async def _through_the_bus(data: bytes, cuts: list[int], ending: str) -> tuple[l
     server._transport = transport
     server._state = "running"
     server._failed = asyncio.Event()
-    subs = [server._subscribe(sid) for sid in ("ses_a", "ses_b")]
+    subs = [server.subscribe(sid) for sid in ("ses_a", "ses_b")]
     connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     try:
         await asyncio.wait_for(server._run_bus(connected), HANG_S)

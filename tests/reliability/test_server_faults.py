@@ -92,7 +92,7 @@ async def _wait_busy(pool: ServerPool, workspace: Path, count: int) -> None:
             return 0
         server = pool.servers[0]
         try:
-            status = await server._request("GET", "/session/status", params={"directory": str(workspace)})
+            status = await server.request("GET", "/session/status", params={"directory": str(workspace)})
         except Exception:
             return 0
         return sum(1 for s in (status or {}).values() if isinstance(s, dict) and s.get("type") == "busy")
