@@ -53,6 +53,7 @@ from opencode_wrapper.events import (
     parse_event_line,
     run_result_fuzzy_text,
 )
+from opencode_wrapper.limits import Limits
 from opencode_wrapper.pool import ServerPool
 from opencode_wrapper.server import DEFAULT_CALLBACK_TIMEOUT_S, OpenCodeServer
 from opencode_wrapper.session import (
@@ -75,6 +76,7 @@ __all__ = [
     "AsyncOpenCodeClient",
     "Backend",
     "Budget",
+    "Limits",
     "OpenCodeServer",
     "OpenCodeSession",
     "PermissionCallback",

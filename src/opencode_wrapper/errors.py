@@ -8,6 +8,9 @@ every exception survives a pickle round trip with its result::
     ├── OpenCodeBinaryNotFoundError
     │   └── OpenCodeVersionError
     ├── OpenCodeConfigError (also a ValueError)
+    ├── IsolationError                    a git step of an isolated run failed
+    │   └── ApplyError                    Changes.apply could not apply a diff
+    │       └── ApplyConflictError        .conflicts
     └── OpenCodeRunError                  .result, .error, .retryable
         ├── OpenCodeProcessError          .exit_code, .stderr, .events, .raw_stdout_lines
         │   └── OpenCodeServerError
@@ -16,6 +19,7 @@ every exception survives a pickle round trip with its result::
         └── OpenCodeCancelledError
 """
 
+from opencode_wrapper._isolation.errors import ApplyConflictError, ApplyError, IsolationError
 from opencode_wrapper._model.outcome import (
     OpenCodeBinaryNotFoundError,
     OpenCodeCancelledError,
@@ -30,6 +34,9 @@ from opencode_wrapper._model.outcome import (
 )
 
 __all__ = [
+    "ApplyConflictError",
+    "ApplyError",
+    "IsolationError",
     "OpenCodeBinaryNotFoundError",
     "OpenCodeCancelledError",
     "OpenCodeConfigError",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from opencode_wrapper.errors import OpenCodeError
+from opencode_wrapper._model.errors_base import OpenCodeError
 
 
 class IsolationError(OpenCodeError):

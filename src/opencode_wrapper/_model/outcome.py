@@ -13,6 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from opencode_wrapper._isolation.changes import Changes
+from opencode_wrapper._model.errors_base import (
+    OpenCodeBinaryNotFoundError,
+    OpenCodeConfigError,
+    OpenCodeError,
+    OpenCodeVersionError,
+)
 from opencode_wrapper._model.event import Event, TokenUsage, ToolCall, as_event
 from opencode_wrapper._model.fold import Fold
 from opencode_wrapper._model.run_error import PermissionRejection, RunError
@@ -51,6 +58,8 @@ class RunResult:
         error: why the run did not succeed, or ``None``.
         structured: the validated structured output, when one was requested.
         permission_rejections: tool permissions refused during the run.
+        changes: what an isolated run (``isolation="worktree"``/``"copy"``) changed: its diff,
+            files and branch; ``None`` for a run that was not isolated.
     """
 
     events: list[Event] = field(default_factory=list)
@@ -66,6 +75,7 @@ class RunResult:
     error: RunError | None = None
     structured: Any = None
     permission_rejections: list[PermissionRejection] = field(default_factory=list)
+    changes: Changes | None = None
     _fold: Fold | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -123,59 +133,14 @@ class RunResult:
         return self
 
 
-def _rebuild(cls: type[OpenCodeError], args: tuple[Any, ...], state: dict[str, Any]) -> OpenCodeError:
-    exc = cls.__new__(cls)
-    Exception.__init__(exc, *args)
-    exc.__dict__.update(state)
-    return exc
-
-
-class OpenCodeError(Exception):
-    """Base class of every error raised by this package.
-
-    Attributes:
-        result: the run's (partial) result, for an error about a run; ``None`` otherwise.
-    """
-
-    result: RunResult | None = None
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Exceptions pickle as ``cls(*args)``, which breaks keyword-only constructors: rebuild
-        # from the stored attributes instead.
-        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
-
-
-class OpenCodeBinaryNotFoundError(OpenCodeError):
-    """No usable ``opencode`` executable: missing, not executable, or not opencode."""
-
-
-class OpenCodeVersionError(OpenCodeBinaryNotFoundError):
-    """The opencode binary or server is a version this package does not support.
-
-    Attributes:
-        version: the version found (``"2.1.0"``), or ``None`` when it could not be read.
-        supported: the supported range, e.g. ``">=1.18.0, <2.0.0"``.
-    """
-
-    def __init__(self, message: str, *, version: str | None = None, supported: str = "") -> None:
-        super().__init__(message)
-        self.version = version
-        self.supported = supported
-
-
-class OpenCodeConfigError(OpenCodeError, ValueError):
-    """Bad input (a config value, an argument), detected before any process is spawned.
-
-    Also a ``ValueError``, so seed code that catches ``ValueError`` keeps working.
-    """
-
-
 class OpenCodeRunError(OpenCodeError):
     """A run or turn did not succeed; ``result`` holds what it did and ``error`` says why.
 
     Raised as such by ``result.raise_for_error()`` for the agent's own outcomes (a refused
     permission, an abort, a limit...); its subclasses are what the run entry points raise.
     """
+
+    result: RunResult | None
 
     def __init__(self, message: str, *, result: RunResult | None = None) -> None:
         super().__init__(message)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 from abc import ABC, abstractmethod
 from types import TracebackType
 
@@ -36,7 +37,9 @@ from opencode_wrapper._model.fold import Fold
 from opencode_wrapper._model.outcome import RunResult
 from opencode_wrapper._model.run_error import Attempt, RunError
 from opencode_wrapper._observers import notify
+from opencode_wrapper._proc.cleanup import CleanupAction
 from opencode_wrapper.backends.request import RunRequest
+from opencode_wrapper.isolation import Changes, IsolatedWorkspace, IsolationError
 
 __all__ = ["RunHandle", "RunWatcher"]
 
@@ -84,6 +87,8 @@ class RunHandle(ABC):
     placement: str | None = None
     #: The run's accumulator (backends keep it current: running totals and the result come from it).
     _fold: Fold
+    #: Whether this handle makes the isolated workspace itself (a cluster's handle lets its node do it).
+    isolates_here: bool = True
 
     def __init__(self, request: RunRequest) -> None:
         self.request = request
@@ -99,6 +104,9 @@ class RunHandle(ABC):
         self._stop_reason: RunError | None = None
         self._result: RunResult | None = None
         self._exception: BaseException | None = None
+        self._isolated: IsolatedWorkspace | None = None
+        self._changes: Changes | None = None
+        self._isolation_error: RunError | None = None
 
     def __repr__(self) -> str:
         state = "new" if self._task is None else "done" if self.done else "running"
@@ -113,6 +121,16 @@ class RunHandle(ABC):
     @abstractmethod
     def _partial(self) -> RunResult:
         """The result of what was done (after ``_produce`` ended, however it ended)."""
+
+    @property
+    def workspace(self) -> str:
+        """Where the agent works: the isolated worktree or copy, if the run is isolated."""
+        return str(self._isolated.path) if self._isolated is not None else self.request.workspace
+
+    @property
+    def cleanup_actions(self) -> tuple[CleanupAction, ...]:
+        """What the run's process supervisor must remove if we die (the isolated workspace)."""
+        return self._isolated.cleanup if self._isolated is not None else ()
 
     @property
     def usage(self) -> TokenUsage:
@@ -173,7 +191,7 @@ class RunHandle(ABC):
         try:
             try:
                 if self._stop_reason is None:  # stopped before it started: nothing to do
-                    await self._produce()
+                    await self._produce_isolated()
             except asyncio.CancelledError:
                 if self._stop_reason is None:
                     # Not one of ours (the loop is shutting down): keep what was done, then go on.
@@ -197,10 +215,34 @@ class RunHandle(ABC):
                 self._log.close()
             self._wakeup.set()
 
+    async def _produce_isolated(self) -> None:
+        request = self.request
+        if request.isolation == "none" or not self.isolates_here:
+            await self._produce()
+            return
+        self._isolated = await IsolatedWorkspace.create(
+            request.workspace,
+            isolation=request.isolation,  # type: ignore[arg-type]  # checked by RunRequest.create
+            base=request.base,
+            keep=request.keep,  # type: ignore[arg-type]
+            name=_branch_name(request.name),
+        )
+        try:
+            await self._produce()
+        finally:
+            try:
+                self._changes = await self._isolated.close()  # always completes, then re-raises a cancel
+            except IsolationError as exc:
+                self._isolation_error = RunError(kind="internal_error", message=f"isolation: {exc}")
+
     def _finished_result(self) -> RunResult:
         result = self._partial()
         if self._stop_reason is not None:
             result.error = self._stop_reason
+        if self._changes is not None:
+            result.changes = self._changes
+        if self._isolation_error is not None and result.error is None:
+            result.error = self._isolation_error
         return result
 
     def stop(self, reason: RunError) -> None:
@@ -285,3 +327,12 @@ class RunHandle(ABC):
                 raise StopAsyncIteration
             self._wakeup.clear()
             await self._wakeup.wait()
+
+
+def _branch_name(name: str | None) -> str | None:
+    """A task name made fit for a branch name (letters, digits, ``._-``; at most 40 characters)."""
+    if not name:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-_")[:40].rstrip(".-_")
+    slug = slug.replace("..", ".").removesuffix(".lock")
+    return slug or None

@@ -212,7 +212,7 @@ class ProcessRun(RunHandle):
             argv = self.argv()
             prepared = prepare_environment(
                 request.config,
-                cwd=request.workspace,
+                cwd=self.workspace,
                 private_data=owner.isolate_db,
                 data_home=request.data_home,
             )
@@ -222,10 +222,11 @@ class ProcessRun(RunHandle):
                 async with owner._startup:
                     proc = await OwnedProcess.start(
                         argv,
-                        cwd=request.workspace,
+                        cwd=self.workspace,
                         env=prepared.env,
                         stdin_data=request.prompt.encode(),
                         cleanup_dirs=prepared.temp_dirs,
+                        cleanup=self.cleanup_actions,
                     )
                     stderr_task = asyncio.ensure_future(drain_text(proc.stderr, self._stderr))
                     if owner._startup_delay_s > 0:

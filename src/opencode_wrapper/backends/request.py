@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+from opencode_wrapper._isolation.options import check_options
 from opencode_wrapper._observers import EventCallback
 from opencode_wrapper._proc.environment import check_data_home
 from opencode_wrapper._turn.callbacks import (
@@ -33,6 +34,7 @@ from opencode_wrapper._validation import (
 )
 from opencode_wrapper.config import RunConfig, validate_config
 from opencode_wrapper.errors import OpenCodeConfigError
+from opencode_wrapper.limits import Limits
 
 __all__ = ["ONE_SHOT_TITLE", "RunOptions", "RunRequest"]
 
@@ -58,6 +60,10 @@ class RunOptions(TypedDict, total=False):
     on_question: QuestionCallback | None
     callback_timeout_s: float | None
     title: str | None
+    limits: Limits | None
+    isolation: str | None
+    keep: str | None
+    base: str | None
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,13 @@ class RunRequest:
         on_permission, on_question: callbacks answering opencode's requests (warm backends).
         callback_timeout_s: how long a callback may take before its request is rejected.
         title: the session's title (``None``: the one-shot title, so no title request is made).
+        limits: per-run ceilings (cost, tokens, steps, silence); crossing one ends the run.
+        isolation: ``"none"``, ``"worktree"`` (a git worktree of the workspace's repository on a
+            new branch) or ``"copy"`` (a private copy): the agent works there, and the result's
+            ``changes`` say what it changed.
+        keep: what of an isolated run stays: ``"never"``, ``"on_change"``, ``"always"``.
+        base: the commit-ish an isolated worktree starts from (default ``HEAD``).
+        name: a readable name for the run (isolated branches and directories use it).
         given: the options the caller gave explicitly (a backend refuses only those it cannot honour).
     """
 
@@ -100,6 +113,11 @@ class RunRequest:
     on_question: QuestionCallback | None = None
     callback_timeout_s: float | None = DEFAULT_CALLBACK_TIMEOUT_S
     title: str | None = None
+    limits: Limits | None = None
+    isolation: str = "none"
+    keep: str = "on_change"
+    base: str | None = None
+    name: str | None = None
     given: frozenset[str] = frozenset()
 
     @classmethod
@@ -122,6 +140,11 @@ class RunRequest:
         on_question: QuestionCallback | None = None,
         callback_timeout_s: object = DEFAULT_CALLBACK_TIMEOUT_S,
         title: str | None = None,
+        limits: Limits | None = None,
+        isolation: str | None = None,
+        keep: str | None = None,
+        base: str | None = None,
+        name: str | None = None,
         workspace_is_local: bool = True,
     ) -> RunRequest:
         """Check every argument; raise :class:`OpenCodeConfigError` naming the first bad one.
@@ -143,6 +166,10 @@ class RunRequest:
                 ("on_permission", on_permission),
                 ("on_question", on_question),
                 ("title", title),
+                ("limits", limits),
+                ("isolation", isolation),
+                ("keep", keep),
+                ("base", base),
                 ("timeout_s", timeout_s),
             )
             if value is not None
@@ -161,6 +188,15 @@ class RunRequest:
         check_callback(on_question, "on_question")
         if title is not None and (not isinstance(title, str) or not title.strip()):
             raise OpenCodeConfigError(f"title must be a non-empty string or None, got {title!r}")
+        if limits is not None and not isinstance(limits, Limits):
+            raise OpenCodeConfigError(
+                f"limits must be a Limits(...) or None, got {type(limits).__name__} {limits!r}"
+            )
+        isolation = "none" if isolation is None else isolation
+        keep = "on_change" if keep is None else keep
+        check_options(isolation, keep=keep, base=base)
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise OpenCodeConfigError(f"name must be a non-empty string or None, got {name!r}")
         retries = 2 if max_retries is None else max_retries
         check_non_negative(retries, "max_retries", integer=True)
         delay = 1.0 if retry_delay_s is None else retry_delay_s
@@ -182,6 +218,11 @@ class RunRequest:
             on_question=on_question,
             callback_timeout_s=check_timeout(callback_timeout_s, "callback_timeout_s"),
             title=title,
+            limits=limits,
+            isolation=isolation,
+            keep=keep,
+            base=base,
+            name=name,
             given=frozenset(given),
         )
 

@@ -99,6 +99,13 @@ class ServerBackend(Backend):
             raise refuse(self.name, "data_home", "the server's data directory was fixed when it started")
         if self.link is not None and request.workspace != self.link.workspace:
             raise refuse(self.name, "workspace", f"the session works in {self.link.workspace}")
+        if self.link is not None and request.isolation != "none":
+            raise refuse(
+                self.name,
+                f"isolation={request.isolation!r}",
+                "a session's turns share its workspace; isolate the session's workspace yourself "
+                "(opencode_wrapper.isolation.isolate) or use one-shot runs",
+            )
 
     def _handle(self, request: RunRequest) -> RunHandle:
         if self.link is not None:
@@ -197,7 +204,7 @@ class ServerRun(_TurnRun):
             self._failure = RunError(kind="server_failure", message=exc.message or str(exc), retryable=True)
             return
         try:
-            link = SessionLink(server, self.request.workspace, title=self.request.session_title)
+            link = SessionLink(server, self.workspace, title=self.request.session_title)
             try:
                 await link.open()
             except OpenCodeServerError as exc:
