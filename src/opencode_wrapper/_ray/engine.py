@@ -33,7 +33,7 @@ from opencode_wrapper.backends.request import RunRequest
 from opencode_wrapper.backends.server import check_for_server
 from opencode_wrapper.errors import OpenCodeConfigError, OpenCodeError
 
-__all__ = ["RayEngine"]
+__all__ = ["NodePlan", "RayEngine", "start_agent"]
 
 _LOG = logging.getLogger("opencode_wrapper")
 
@@ -236,29 +236,7 @@ class RayEngine(Backend):
     async def _start(self) -> Router:
         await self._connect()
         plans = self._plan(await asyncio.to_thread(ray.nodes))
-        options = [
-            AgentOptions(
-                binary=self.binary,
-                max_servers=plan.servers,
-                sessions_per_server=max(1, math.ceil(plan.sessions / plan.servers)),
-                lean=self.lean,
-                setup=self.setup,
-            )
-            for plan in plans
-        ]
-        actor_class: Any = ray.remote(NodeAgent)  # Ray's stubs do not type actor options
-        actors: list[Any] = [
-            actor_class.options(
-                num_cpus=0,
-                memory=plan.memory,
-                max_restarts=0,
-                max_task_retries=0,
-                max_concurrency=plan.sessions + _CONTROL_CALLS,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(plan.node_id, soft=False),
-                runtime_env=self._runtime_env,
-            ).remote(option)
-            for plan, option in zip(plans, options, strict=True)
-        ]
+        actors = [start_agent(plan, self._agent_options(plan), self._runtime_env) for plan in plans]
         infos = await asyncio.gather(
             *(wait_within(actor.info.remote(), self._start_timeout_s) for actor in actors),
             return_exceptions=True,
@@ -280,6 +258,15 @@ class RayEngine(Backend):
         if not self._router.live:
             raise OpenCodeError(f"RayEngine: no node agent could start ({'; '.join(failed)})")
         return self._router
+
+    def _agent_options(self, plan: NodePlan) -> AgentOptions:
+        return AgentOptions(
+            binary=self.binary,
+            max_servers=plan.servers,
+            sessions_per_server=max(1, math.ceil(plan.sessions / plan.servers)),
+            lean=self.lean,
+            setup=self.setup,
+        )
 
     async def _connect(self) -> None:
         if ray.is_initialized():
@@ -348,6 +335,26 @@ class RayEngine(Backend):
         if self._owns_ray:
             self._owns_ray = False
             ray.shutdown()
+
+
+def start_agent(
+    plan: NodePlan,
+    options: AgentOptions,
+    runtime_env: Mapping[str, Any] = AGENT_RUNTIME_ENV,
+    agent_class: type[NodeAgent] = NodeAgent,
+) -> Any:
+    """Create the node agent actor of ``plan`` (pinned to its node; not awaited: ``.info`` says when
+    it is up). ``runtime_env`` must keep :data:`AGENT_RUNTIME_ENV`'s variable."""
+    actor_class: Any = ray.remote(agent_class)  # Ray's stubs do not type actor options
+    return actor_class.options(
+        num_cpus=0,
+        memory=plan.memory,
+        max_restarts=0,
+        max_task_retries=0,
+        max_concurrency=plan.sessions + _CONTROL_CALLS,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(plan.node_id, soft=False),
+        runtime_env=dict(runtime_env),
+    ).remote(options)
 
 
 def _merged_runtime_env(extra: Mapping[str, Any] | None) -> dict[str, Any]:

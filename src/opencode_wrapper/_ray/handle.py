@@ -106,6 +106,7 @@ class RayRun(RunHandle):
             self.placement = slot.node_id
             self._fold = Fold()
             self._final = None
+            self._failure = None
             started = time.monotonic()
             try:
                 await self._try_on(slot)
@@ -120,8 +121,7 @@ class RayRun(RunHandle):
                 raise
             finally:
                 await finish(router.release(slot))
-            self._failure = None
-            error = self._final.error if self._final is not None else None
+            error = self._final.error if self._final is not None else self._failure
             self.attempts.append(Attempt(number, error, time.monotonic() - started, slot.node_id))
             return
         assert self._failure is not None
