@@ -212,9 +212,9 @@ def external(
 async def test_attach_to_an_external_server(external: tuple[str, str, Any], workspace: Path) -> None:
     url, password, proc = external
     with pytest.raises(ServerHTTPError) as refused:
-        async with OpenCodeServer.attach(url, password="wrong"):
+        async with OpenCodeServer.attach(url, password="not-the-pass-9f3e"):
             pass
-    assert refused.value.status_code == 401 and "wrong" not in str(refused.value)
+    assert refused.value.status_code == 401 and "not-the-pass-9f3e" not in str(refused.value)
 
     server = OpenCodeServer.attach(url, password=password)
     assert not server.owned and server.pid is None and password not in repr(server)

@@ -25,7 +25,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from opencode_wrapper import OpenCodeServerError, OpenCodeTimeoutError, RunConfig
+from opencode_wrapper import OpenCodeProcessError, OpenCodeServerError, OpenCodeTimeoutError, RunConfig
 from opencode_wrapper import PermissionReply
 from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.server import OpenCodeServer
@@ -158,13 +158,18 @@ async def test_stream_yields_deltas_and_ends_with_the_turn(server: OpenCodeServe
     assert after.final_text == "next"
 
 
-async def test_unknown_agent_and_model_end_with_an_error_result(
+async def test_unknown_agent_and_model_raise_with_the_error_result(
     server: OpenCodeServer, workspace: Path
 ) -> None:
+    # send() raises as the seed did (and async_run does) for opencode's own errors; the result rides along.
     async with server.session(workspace) as s:
-        agent = await asyncio.wait_for(s.send("hi", run_cfg=RunConfig(agent="nope")), 60)
-        model = await asyncio.wait_for(s.send("hi", run_cfg=RunConfig(model="offline/nope")), 60)
+        with pytest.raises(OpenCodeProcessError) as bad_agent:
+            await asyncio.wait_for(s.send("hi", run_cfg=RunConfig(agent="nope")), 60)
+        with pytest.raises(OpenCodeProcessError) as bad_model:
+            await asyncio.wait_for(s.send("hi", run_cfg=RunConfig(model="offline/nope")), 60)
         after = await s.send("[[say: still fine]]")
+    agent, model = bad_agent.value.result, bad_model.value.result
+    assert agent is not None and model is not None
     assert agent.error is not None and agent.error.kind == "session_error"
     assert 'Agent not found: "nope"' in agent.error.message and "build" in agent.error.message
     assert model.error is not None and "Model not found: offline/nope" in model.error.message
@@ -174,9 +179,13 @@ async def test_unknown_agent_and_model_end_with_an_error_result(
 async def test_per_turn_agent_and_model_error(server: OpenCodeServer, workspace: Path) -> None:
     async with server.session(workspace) as s:
         plan = await s.send("[[say: planned]]", run_cfg=RunConfig(agent="plan"))
-        broken = await s.send("[[error: 401]]")
+        with pytest.raises(OpenCodeProcessError) as raised:
+            await s.send("[[error: 401]]")
     assert plan.ok and plan.final_text == "planned"
-    assert broken.error is not None and (broken.error.kind, broken.error.status_code) == ("api_error", 401)
+    broken = raised.value.result
+    assert broken is not None and broken.error is not None
+    assert (broken.error.kind, broken.error.status_code) == ("api_error", 401)
+    assert not raised.value.retryable  # a 401 does not pass by trying again
 
 
 # ----------------------------------------------------------------------------- permissions
@@ -377,7 +386,7 @@ async def test_cancelling_the_task_aborts_the_turn(server: OpenCodeServer, works
                 break
         await stream.aclose()  # leaves early: the turn is aborted
         task = asyncio.ensure_future(s.send("[[hang]] second"))
-        while not (s._active and s._active.tracker and s._active.tracker.busy_after_user):
+        while not (s._link and s._link.active and s._link.active.tracker.busy_after_user):  # type: ignore[attr-defined]
             await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -297,12 +297,7 @@ class OpenCodeSession:
 
         The running ``send``/``stream`` then ends with ``result.error.kind == "aborted"``.
         """
-        link = self._require_link()
-        if link.active is not None:
-            # The turn may not have reached opencode yet (then abort finds an idle session): it
-            # remembers, and aborts again once opencode runs it.
-            link.active.request_abort()
-        await link.post_abort()
+        await self._require_link().abort()
 
     # ------------------------------------------------------------------ internals
 

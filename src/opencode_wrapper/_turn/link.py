@@ -27,6 +27,10 @@ class _ActiveTurn(Protocol):
     def request_abort(self) -> None: ...
 
 
+class _WaitingTurn(Protocol):
+    def abort_before_start(self) -> None: ...
+
+
 class SessionLink:
     """A session on ``server`` in ``workspace``: created (or resumed) by :meth:`open`.
 
@@ -54,6 +58,8 @@ class SessionLink:
         self.delete_on_exit = (session_id is None) if delete_on_exit is None else bool(delete_on_exit)
         self.lock = asyncio.Lock()
         self.active: _ActiveTurn | None = None
+        #: Turns asked for but not yet running (waiting for the lock, or not yet started).
+        self.waiting: set[_WaitingTurn] = set()
         self.log: EventLog | None = None
         self._agents: set[str] | None = None
         self._default_model: dict[str, str] | None = None
@@ -110,6 +116,16 @@ class SessionLink:
                 await server.request(
                     "DELETE", f"/session/{self.session_id}", params=self.where(), timeout_s=ABORT_TIMEOUT_S
                 )
+
+    async def abort(self) -> None:
+        """Abort the running turn and every turn still waiting for its turn."""
+        for waiting in list(self.waiting):
+            waiting.abort_before_start()
+        if self.active is not None:
+            # The turn may not have reached opencode yet (then abort finds an idle session): it
+            # remembers, and aborts again once opencode runs it.
+            self.active.request_abort()
+        await self.post_abort()
 
     async def post_abort(self, timeout_s: float = ABORT_TIMEOUT_S) -> None:
         await self.server.request(

@@ -107,6 +107,7 @@ class RunHandle(ABC):
         self._isolated: IsolatedWorkspace | None = None
         self._changes: Changes | None = None
         self._isolation_error: RunError | None = None
+        self._running = False
 
     def __repr__(self) -> str:
         state = "new" if self._task is None else "done" if self.done else "running"
@@ -188,6 +189,7 @@ class RunHandle(ABC):
         return self
 
     async def _main(self) -> None:
+        self._running = True
         try:
             try:
                 if self._stop_reason is None:  # stopped before it started: nothing to do
@@ -253,7 +255,9 @@ class RunHandle(ABC):
         if self.done or self._stop_reason is not None:
             return
         self._stop_reason = reason
-        if self._task is not None:
+        # A task cancelled before its first step would never run _main (no result, no clean-up):
+        # one that has not started yet sees the reason when it does, and does nothing.
+        if self._task is not None and self._running:
             self._task.cancel()
 
     @property

@@ -168,10 +168,20 @@ class SessionTurnRun(_TurnRun):
     def __init__(self, request: RunRequest, link: SessionLink) -> None:
         super().__init__(request)
         self._link = link
+        link.waiting.add(self)
+
+    def abort_before_start(self) -> None:
+        """``session.abort()`` came before this turn reached opencode: it ends unsent."""
+        self.stop(RunError(kind="aborted", message="aborted before the prompt was sent"))
+
+    def _partial(self) -> RunResult:
+        self._link.waiting.discard(self)
+        return super()._partial()
 
     async def _produce(self) -> None:
         link = self._link
         async with link.lock:
+            link.waiting.discard(self)
             turn = self._make_turn(link)
             try:
                 link.server.check_usable()
