@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from opencode_wrapper import OpenCodeConfigError, OpenCodeProcessError, RunConfig
 from fakes.backend import ExecutorBackend
-
-from opencode_wrapper.batch import Budget, Progress, Task, TaskOutcome, _schedule, iter_run_many, run_many
+from opencode_wrapper import OpenCodeConfigError, OpenCodeProcessError, RunConfig
+from opencode_wrapper._batch.schedule import schedule as _schedule
+from opencode_wrapper.batch import Budget, Progress, Task, TaskOutcome, iter_run_many, run_many
 from opencode_wrapper.events import RunError, RunResult, TokenUsage
 
 
@@ -247,3 +247,121 @@ async def test_iter_run_many_is_lazy_about_validation_order(tmp_path: Path) -> N
     gen = iter_run_many([("hi", tmp_path / "nope")], backend="run")
     with pytest.raises(OpenCodeConfigError):
         await gen.__anext__()
+
+
+# ----------------------------------------------------------------------------- retries
+
+
+def _failure(kind: str = "api_error", status: int | None = 429, tools: bool = False) -> RunResult:
+    from opencode_wrapper.events import ToolCall
+
+    calls = [ToolCall({"type": "tool", "tool": "bash", "state": {"status": "completed"}})] if tools else []
+    return RunResult(error=RunError(kind=kind, message="flaky", status_code=status), tool_calls=calls)  # type: ignore[arg-type]
+
+
+async def test_a_retryable_failure_is_retried_from_a_fresh_start(tmp_path: Path) -> None:
+    from opencode_wrapper._batch.schedule import RetryPolicy
+
+    tries: list[int] = []
+
+    async def executor(index: int, task: Task) -> RunResult:
+        tries.append(index)
+        return _failure() if len(tries) == 1 else _result()
+
+    backend = ExecutorBackend(executor, _tasks(1, tmp_path))
+    [outcome] = await _collect(
+        _schedule(
+            backend.pairs(RetryPolicy(retries=2, backoff_s=0.0)),
+            backend,
+            concurrency=1,
+            fail_fast=False,
+            on_progress=None,
+            budget=None,
+        )
+    )
+    assert outcome.ok and tries == [0, 0]
+    assert [(a.number, a.error.kind if a.error else None) for a in outcome.attempts] == [
+        (1, "api_error"),
+        (2, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("failure", "policy_kwargs", "expected_tries"),
+    [
+        (_failure(status=401), {}, 1),  # bad credentials: a retry cannot help
+        (_failure(kind="permission_rejected", status=None), {}, 1),
+        (_failure(tools=True), {}, 1),  # not isolated and a tool ran: its side effects would repeat
+        (_failure(tools=True), {"side_effects": True}, 3),  # ... unless the caller says so
+        (_failure(status=503), {}, 3),  # retryable: every retry used, then the failure stands
+    ],
+)
+async def test_what_is_retried(
+    tmp_path: Path, failure: RunResult, policy_kwargs: dict[str, bool], expected_tries: int
+) -> None:
+    from opencode_wrapper._batch.schedule import RetryPolicy
+
+    tries = 0
+
+    async def executor(index: int, task: Task) -> RunResult:
+        nonlocal tries
+        tries += 1
+        return failure
+
+    backend = ExecutorBackend(executor, _tasks(1, tmp_path))
+    [outcome] = await _collect(
+        _schedule(
+            backend.pairs(RetryPolicy(retries=2, backoff_s=0.0, **policy_kwargs)),
+            backend,
+            concurrency=1,
+            fail_fast=False,
+            on_progress=None,
+            budget=None,
+        )
+    )
+    assert tries == expected_tries and len(outcome.attempts) == expected_tries
+    assert not outcome.ok
+
+
+def test_the_pause_doubles_and_honours_retry_after() -> None:
+    from opencode_wrapper._batch.schedule import RetryPolicy
+
+    policy = RetryPolicy(retries=3, backoff_s=2.0)
+    plain = RunError(kind="api_error", message="slow down", status_code=429)
+    told = RunError(
+        kind="api_error",
+        message="slow down",
+        status_code=429,
+        detail={"data": {"responseHeaders": {"Retry-After": "30"}}},
+    )
+    assert [policy.delay_s(n, plain) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
+    assert told.retry_after_s == 30.0 and policy.delay_s(1, told) == 30.0
+
+
+async def test_fail_fast_during_a_retry_pause_stops_the_retry(tmp_path: Path) -> None:
+    from opencode_wrapper._batch.schedule import RetryPolicy
+
+    tries: list[int] = []
+
+    async def executor(index: int, task: Task) -> RunResult:
+        tries.append(index)
+        if index == 0:
+            return _failure()  # waits 60 s before its retry ...
+        return RunResult(error=RunError(kind="session_error", message="broken"))  # ... when this fails
+
+    backend = ExecutorBackend(executor, _tasks(2, tmp_path))
+    outcomes = await asyncio.wait_for(
+        _collect(
+            _schedule(
+                backend.pairs(RetryPolicy(retries=3, backoff_s=60.0)),
+                backend,
+                concurrency=2,
+                fail_fast=True,
+                on_progress=None,
+                budget=None,
+            )
+        ),
+        30,
+    )
+    assert sorted(tries) == [0, 1]  # no retry of task 0 after the batch was told to stop
+    assert all(not o.ok for o in outcomes)

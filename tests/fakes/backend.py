@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
+from opencode_wrapper._batch.schedule import RetryPolicy
+from opencode_wrapper._model.fold import Fold
 from opencode_wrapper.backends.base import Backend
 from opencode_wrapper.backends.handle import RunHandle
 from opencode_wrapper.backends.request import RunRequest
 from opencode_wrapper.batch import Task
 from opencode_wrapper.errors import OpenCodeRunError
 from opencode_wrapper.results import RunError, RunResult
-from opencode_wrapper._model.fold import Fold
 
 Executor = Callable[[int, Task], Awaitable[RunResult]]
 
@@ -32,13 +33,13 @@ class ExecutorBackend(Backend):
     def _handle(self, request: RunRequest) -> RunHandle:
         return _ExecutorRun(self, request)
 
-    def pairs(self) -> list[tuple[Task, RunRequest]]:
-        """The (task, request) pairs ``_schedule`` takes."""
+    def pairs(self, policy: RetryPolicy | None = None) -> list[tuple[Task, RunRequest, RetryPolicy]]:
+        """The (task, request, retry policy) triples the scheduler takes."""
         out = []
         for index, task in enumerate(self.tasks):
             request = RunRequest.create(task.prompt, task.workspace)
             self.requests[id(request)] = index
-            out.append((task, request))
+            out.append((task, request, policy or RetryPolicy()))
         return out
 
 

@@ -22,7 +22,7 @@ from opencode_wrapper._model.errors_base import (
 )
 from opencode_wrapper._model.event import Event, TokenUsage, ToolCall, as_event
 from opencode_wrapper._model.fold import Fold
-from opencode_wrapper._model.run_error import PermissionRejection, RunError
+from opencode_wrapper._model.run_error import PermissionRejection, RunError, Verification
 
 __all__ = [
     "OpenCodeBinaryNotFoundError",
@@ -60,6 +60,8 @@ class RunResult:
         permission_rejections: tool permissions refused during the run.
         changes: what an isolated run (``isolation="worktree"``/``"copy"``) changed: its diff,
             files and branch; ``None`` for a run that was not isolated.
+        verification: how the run's ``verify=`` check went (``None``: none was asked for, or the
+            run failed before it).
     """
 
     events: list[Event] = field(default_factory=list)
@@ -76,6 +78,7 @@ class RunResult:
     structured: Any = None
     permission_rejections: list[PermissionRejection] = field(default_factory=list)
     changes: Changes | None = None
+    verification: Verification | None = None
     _fold: Fold | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:

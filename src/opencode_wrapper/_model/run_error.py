@@ -7,7 +7,15 @@ from typing import Any, Literal, get_args
 
 from opencode_wrapper._model.event import EventError
 
-__all__ = ["ERROR_KINDS", "RAISED_KINDS", "Attempt", "ErrorKind", "PermissionRejection", "RunError"]
+__all__ = [
+    "ERROR_KINDS",
+    "RAISED_KINDS",
+    "Attempt",
+    "ErrorKind",
+    "PermissionRejection",
+    "RunError",
+    "Verification",
+]
 
 ErrorKind = Literal[
     "api_error",
@@ -25,6 +33,7 @@ ErrorKind = Literal[
     "budget_exhausted",
     "limit_exceeded",
     "stalled",
+    "verification_failed",
     "internal_error",
 ]
 ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)
@@ -64,7 +73,7 @@ class RunError:
             non-zero without saying why), ``server_failure`` (the server died or its stream broke),
             ``timeout``, ``cancelled``, ``aborted``, ``permission_rejected``, ``question_rejected``,
             ``callback_error``, ``structured_output``, ``budget_exhausted``, ``limit_exceeded``,
-            ``stalled``, ``internal_error``.
+            ``stalled``, ``verification_failed``, ``internal_error``.
         message: a human-readable explanation.
         status_code: the provider's HTTP status, for ``api_error``.
         name: opencode's error name (``APIError``, ``UnknownError``, ...), when it gave one.
@@ -103,6 +112,22 @@ class RunError:
             # No status: the provider could not be reached (refused, reset, cut mid-stream).
             return self.name == "APIError"
         return False
+
+    @property
+    def retry_after_s(self) -> float | None:
+        """The provider's ``retry-after`` (seconds), when its error response had one."""
+        data = self.detail.get("data") if isinstance(self.detail, dict) else None
+        headers = data.get("responseHeaders") if isinstance(data, dict) else None
+        if not isinstance(headers, dict):
+            return None
+        for key, value in headers.items():
+            if str(key).lower() == "retry-after":
+                try:
+                    seconds = float(value)
+                except (TypeError, ValueError):
+                    return None  # an HTTP date: rare from model providers, and not worth a parser
+                return seconds if seconds >= 0 else None
+        return None
 
     @property
     def raised(self) -> bool:
@@ -164,5 +189,24 @@ class Attempt:
     node_id: str | None = None
 
 
+@dataclass
+class Verification:
+    """How a run's verification went.
+
+    Attributes:
+        passed: whether it passed.
+        output: the command's output (stdout and stderr, its last 20,000 characters), or the
+            callable's reason.
+        exit_code: the command's exit status (``None`` for a callable, or when it timed out).
+        elapsed_s: how long it took.
+    """
+
+    passed: bool
+    output: str = ""
+    exit_code: int | None = None
+    elapsed_s: float = 0.0
+
+
 # Shown (and pickled) under the public module that exports them.
-RunError.__module__ = PermissionRejection.__module__ = Attempt.__module__ = "opencode_wrapper.results"
+for _exported in (RunError, PermissionRejection, Attempt, Verification):
+    _exported.__module__ = "opencode_wrapper.results"

@@ -35,10 +35,11 @@ from opencode_wrapper._eventlog import EventLog
 from opencode_wrapper._model.event import Event, TokenUsage
 from opencode_wrapper._model.fold import Fold
 from opencode_wrapper._model.outcome import RunResult
-from opencode_wrapper._model.run_error import Attempt, RunError
+from opencode_wrapper._model.run_error import Attempt, RunError, Verification
 from opencode_wrapper._observers import notify
 from opencode_wrapper._proc.cleanup import CleanupAction
 from opencode_wrapper.backends.request import RunRequest
+from opencode_wrapper.backends.verify import VerifyContext, run_verify
 from opencode_wrapper.isolation import Changes, IsolatedWorkspace, IsolationError
 
 __all__ = ["RunHandle", "RunWatcher"]
@@ -107,6 +108,7 @@ class RunHandle(ABC):
         self._isolated: IsolatedWorkspace | None = None
         self._changes: Changes | None = None
         self._isolation_error: RunError | None = None
+        self._verification: Verification | None = None
         self._running = False
 
     def __repr__(self) -> str:
@@ -217,10 +219,25 @@ class RunHandle(ABC):
                 self._log.close()
             self._wakeup.set()
 
+    async def _produce_verified(self) -> None:
+        """The run, then its verification (while the workspace, isolated or not, is still there)."""
+        await self._produce()
+        verify = self.request.verify
+        if verify is None or not self.isolates_here or self._stop_reason is not None:
+            return
+        so_far = self._partial()
+        if not so_far.ok:
+            return
+        self._verification = await run_verify(
+            verify,
+            VerifyContext(result=so_far, workspace=self.workspace, name=self.request.name),
+            timeout_s=self.request.verify_timeout_s,
+        )
+
     async def _produce_isolated(self) -> None:
         request = self.request
         if request.isolation == "none" or not self.isolates_here:
-            await self._produce()
+            await self._produce_verified()
             return
         self._isolated = await IsolatedWorkspace.create(
             request.workspace,
@@ -230,7 +247,7 @@ class RunHandle(ABC):
             name=_branch_name(request.name),
         )
         try:
-            await self._produce()
+            await self._produce_verified()
         finally:
             try:
                 self._changes = await self._isolated.close()  # always completes, then re-raises a cancel
@@ -245,6 +262,15 @@ class RunHandle(ABC):
             result.changes = self._changes
         if self._isolation_error is not None and result.error is None:
             result.error = self._isolation_error
+        if self._verification is not None:
+            result.verification = self._verification
+            if not self._verification.passed and result.error is None:
+                result.error = RunError(
+                    kind="verification_failed",
+                    message="the run's verify check failed: "
+                    + (self._verification.output.strip()[-500:] or "no output"),
+                    detail={"exit_code": self._verification.exit_code},
+                )
         return result
 
     def stop(self, reason: RunError) -> None:

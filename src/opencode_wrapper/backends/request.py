@@ -32,6 +32,7 @@ from opencode_wrapper._validation import (
     check_type_names,
     check_workspace,
 )
+from opencode_wrapper.backends.verify import DEFAULT_VERIFY_TIMEOUT_S, VerifySpec, check_verify
 from opencode_wrapper.config import RunConfig, validate_config
 from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.limits import Limits
@@ -64,6 +65,8 @@ class RunOptions(TypedDict, total=False):
     isolation: str | None
     keep: str | None
     base: str | None
+    verify: VerifySpec | None
+    verify_timeout_s: float | None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class RunRequest:
         keep: what of an isolated run stays: ``"never"``, ``"on_change"``, ``"always"``.
         base: the commit-ish an isolated worktree starts from (default ``HEAD``).
         name: a readable name for the run (isolated branches and directories use it).
+        verify: a check after the agent, in its workspace: a shell command (passes on exit 0) or a
+            callable (see ``backends.verify``); a failed check makes ``verification_failed``.
+        verify_timeout_s: how long the check may take (default 600 s).
         given: the options the caller gave explicitly (a backend refuses only those it cannot honour).
     """
 
@@ -118,6 +124,8 @@ class RunRequest:
     keep: str = "on_change"
     base: str | None = None
     name: str | None = None
+    verify: VerifySpec | None = None
+    verify_timeout_s: float | None = DEFAULT_VERIFY_TIMEOUT_S
     given: frozenset[str] = frozenset()
 
     @classmethod
@@ -145,6 +153,8 @@ class RunRequest:
         keep: str | None = None,
         base: str | None = None,
         name: str | None = None,
+        verify: VerifySpec | None = None,
+        verify_timeout_s: object = DEFAULT_VERIFY_TIMEOUT_S,
         workspace_is_local: bool = True,
     ) -> RunRequest:
         """Check every argument; raise :class:`OpenCodeConfigError` naming the first bad one.
@@ -170,6 +180,7 @@ class RunRequest:
                 ("isolation", isolation),
                 ("keep", keep),
                 ("base", base),
+                ("verify", verify),
                 ("timeout_s", timeout_s),
             )
             if value is not None
@@ -195,6 +206,7 @@ class RunRequest:
         isolation = "none" if isolation is None else isolation
         keep = "on_change" if keep is None else keep
         check_options(isolation, keep=keep, base=base)
+        check_verify(verify)
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise OpenCodeConfigError(f"name must be a non-empty string or None, got {name!r}")
         retries = 2 if max_retries is None else max_retries
@@ -223,6 +235,8 @@ class RunRequest:
             keep=keep,
             base=base,
             name=name,
+            verify=verify,
+            verify_timeout_s=check_timeout(verify_timeout_s, "verify_timeout_s"),
             given=frozenset(given),
         )
 

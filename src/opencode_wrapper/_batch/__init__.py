@@ -1,0 +1,1 @@
+"""The machinery of ``run_many``: its values and its scheduler."""
