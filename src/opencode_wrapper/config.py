@@ -122,6 +122,7 @@ _DEFAULTS: dict[str, Any] = {
     "instructions": None,
     "config_overrides": None,
     "cli_kwargs": None,
+    "python_tools": None,
 }
 
 
@@ -152,6 +153,9 @@ class RunConfig:
         config_overrides: any other opencode config keys, deep-merged.
         cli_kwargs: extra ``opencode run`` flags: ``True`` -> ``--flag``, value -> ``--flag=value``,
             single-char key -> ``-k value``, list -> repeated, ``False``/``None`` -> skipped.
+        python_tools: Python functions (or ``@tool`` objects) the agent can call, served to
+            opencode as an MCP server named ``py`` for the run or server (tools appear to the
+            model as ``py_<name>``); needs the ``tools`` extra. Server-global, like ``mcp``.
     """
 
     agent: str | None = UNSET
@@ -165,6 +169,7 @@ class RunConfig:
     instructions: list[str] | None = UNSET
     config_overrides: dict[str, Any] | None = UNSET
     cli_kwargs: dict[str, Any] | None = UNSET
+    python_tools: list[Any] | None = UNSET
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _DEFAULTS:
@@ -266,6 +271,8 @@ class RunConfig:
                 "env": dict(sorted((self.extra_env or {}).items())),
                 "inherit": self.inherit_user_config,
                 "autoupdate": self.disable_autoupdate,
+                # One tool server per tool set, leased for the opencode process's life.
+                "python_tools": sorted(id(fn) for fn in self.python_tools or ()),
             },
             sort_keys=True,
             default=str,
@@ -428,6 +435,27 @@ def validate_config(cfg: RunConfig, *, allow_ask: bool) -> None:
             f"instructions must be a list of path/glob strings, got {cfg.instructions!r}"
         )
     _check_cli_kwargs(cfg.cli_kwargs)
+    _check_python_tools(cfg.python_tools)
+
+
+def _check_python_tools(python_tools: Any) -> None:
+    if python_tools is None:
+        return
+    if isinstance(python_tools, (str, bytes)) or not isinstance(python_tools, (list, tuple)):
+        raise OpenCodeConfigError(
+            f"python_tools must be a list of functions (or @tool objects), got {type(python_tools).__name__}"
+        )
+    bad = [fn for fn in python_tools if not callable(fn)]
+    if bad:
+        raise OpenCodeConfigError(
+            f"python_tools must contain functions (or @tool objects), got {bad[0]!r:.100}"
+        )
+    if python_tools:
+        from opencode_wrapper import tools  # the tools extra is optional: only then is it needed
+
+        tools.as_tools(
+            python_tools
+        )  # OpenCodeConfigError: a missing extra, or a function that cannot be a tool
 
 
 def validate_config_for_run(cfg: RunConfig) -> None:

@@ -36,6 +36,7 @@ from opencode_wrapper._proc.binary import (
 from opencode_wrapper._proc.environment import PreparedEnvironment, prepare_environment
 from opencode_wrapper._proc.process import OwnedProcess, iter_lines
 from opencode_wrapper._server.bus import Bus, Subscription
+from opencode_wrapper._tool_lease import leased_tools
 from opencode_wrapper._validation import check_timeout
 from opencode_wrapper.config import RunConfig, validate_config
 from opencode_wrapper.errors import (
@@ -117,6 +118,7 @@ class ServerBase:
         self._failed: asyncio.Event | None = None
         self._state = "new"  # new -> starting -> running -> closed
         self._closing = False
+        self._leases = contextlib.AsyncExitStack()
 
     @classmethod
     def attach(cls: type[_S], url: str, *, username: str = "opencode", password: str | None = None) -> _S:
@@ -251,8 +253,9 @@ class ServerBase:
     async def _spawn(self) -> None:
         binary = await asyncio.to_thread(_checked_binary, self._binary)
         cwd = self._cwd or os.getcwd()
+        cfg = await self._leases.enter_async_context(leased_tools(self.run_cfg))  # released at close
         self._prepared = prepare_environment(
-            self.run_cfg, cwd=cwd, private_data=self._isolate_db, data_home=self._data_home, prefix="ocw_srv_"
+            cfg, cwd=cwd, private_data=self._isolate_db, data_home=self._data_home, prefix="ocw_srv_"
         )
         env = self._prepared.env
         assert self._password is not None
@@ -318,6 +321,7 @@ class ServerBase:
             await self._transport.aclose()
         if self._prepared is not None:
             self._prepared.cleanup()
+        await self._leases.aclose()  # the tool servers, now that opencode is gone
 
     def on_close(self, closer: Closer) -> Callable[[], None]:
         """Run ``closer`` first when the server closes; returns the function that unregisters it."""

@@ -21,6 +21,7 @@ from opencode_wrapper._model.run_error import RunError
 from opencode_wrapper._proc.binary import check_version, resolve_binary
 from opencode_wrapper._proc.environment import check_data_home, prepare_environment
 from opencode_wrapper._proc.process import OwnedProcess, drain_text, iter_lines
+from opencode_wrapper._tool_lease import leased_tools
 from opencode_wrapper._wire.run import parse_event_line
 from opencode_wrapper.backends.base import Backend, refuse
 from opencode_wrapper.backends.handle import RunHandle
@@ -208,10 +209,10 @@ class ProcessRun(RunHandle):
         """One ``opencode run``: start it, pass its events on, and always end its whole tree."""
         request = self.request
         owner = self._owner
-        async with owner.data_dir_slot(request.data_home):
+        async with owner.data_dir_slot(request.data_home), leased_tools(request.config) as cfg:
             argv = self.argv()
             prepared = prepare_environment(
-                request.config,
+                cfg,
                 cwd=self.workspace,
                 private_data=owner.isolate_db,
                 data_home=request.data_home,

@@ -45,7 +45,7 @@ def differing_global_fields(wanted: RunConfig, server: RunConfig) -> list[str]:
         for key in sorted((set(wanted_cfg) | set(server_cfg)) - {"tools"})
         if wanted_cfg.get(key) != server_cfg.get(key)
     ]
-    for name in ("extra_env", "inherit_user_config", "disable_autoupdate"):
+    for name in ("extra_env", "inherit_user_config", "disable_autoupdate", "python_tools"):
         if json.dumps(getattr(wanted, name), sort_keys=True, default=str) != json.dumps(
             getattr(server, name), sort_keys=True, default=str
         ):
