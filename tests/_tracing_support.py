@@ -107,9 +107,10 @@ def wire_batch_span(monkeypatch: pytest.MonkeyPatch) -> None:
 
     if "batch_span" in vars(batch) or "tracing" in vars(batch):
         return
-    schedule = batch._schedule
+    name = "schedule" if "schedule" in vars(batch) else "_schedule"  # the scheduler iter_run_many calls
+    schedule = getattr(batch, name)
 
     def traced_schedule(tasks: Any, *args: Any, **kwargs: Any) -> Any:
         return tracing.batch_span(total=len(tasks)).iterate(schedule(tasks, *args, **kwargs))
 
-    monkeypatch.setattr(batch, "_schedule", traced_schedule)
+    monkeypatch.setattr(batch, name, traced_schedule)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,6 +53,10 @@ class _Settings:
     provider: Any = None  # a TracerProvider, or None for the global one
     capture_content: bool | None = None  # None: from the environment
     api: bool | None = None  # whether opentelemetry-api is importable (looked up once)
+    # The OpenTelemetry side, imported on the first traced run (an import statement per run costs
+    # more than the rest of the check).
+    lookup: Callable[[Any], Tracer | None] | None = None
+    watcher: Callable[..., RunWatcher] | None = None
 
 
 _settings = _Settings()
@@ -112,11 +116,16 @@ def _reset() -> None:
 
 
 def _tracer() -> Tracer | None:
-    if not _settings.enabled or not _api_installed():
+    if not _settings.enabled:
         return None
-    from opencode_wrapper._tracing.provider import recording_tracer
+    lookup = _settings.lookup
+    if lookup is None:
+        if not _api_installed():
+            return None
+        from opencode_wrapper._tracing.provider import recording_tracer
 
-    return recording_tracer(_settings.provider)
+        lookup = _settings.lookup = recording_tracer
+    return lookup(_settings.provider)
 
 
 def enabled() -> bool:
@@ -138,9 +147,12 @@ def run_watcher(request: RunRequest) -> RunWatcher | None:
     tracer = _tracer()
     if tracer is None:
         return None
-    from opencode_wrapper._tracing.run import RunSpans
+    make = _settings.watcher
+    if make is None:
+        from opencode_wrapper._tracing.run import RunSpans
 
-    return RunSpans(tracer, capture_content=_capture_content())
+        make = _settings.watcher = RunSpans
+    return make(tracer, capture_content=_capture_content())
 
 
 class BatchSpan:
