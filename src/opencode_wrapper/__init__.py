@@ -53,6 +53,7 @@ from opencode_wrapper.events import (
     parse_event_line,
     run_result_fuzzy_text,
 )
+from opencode_wrapper.hooks import Hooks, ToolUse
 from opencode_wrapper.limits import Limits
 from opencode_wrapper.pool import ServerPool
 from opencode_wrapper.server import DEFAULT_CALLBACK_TIMEOUT_S, OpenCodeServer
@@ -77,6 +78,8 @@ __all__ = [
     "Backend",
     "Budget",
     "Limits",
+    "Hooks",
+    "ToolUse",
     "OpenCodeServer",
     "OpenCodeSession",
     "PermissionCallback",

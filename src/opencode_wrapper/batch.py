@@ -37,6 +37,7 @@ from opencode_wrapper.backends.verify import VerifySpec
 from opencode_wrapper.client import AsyncOpenCodeClient
 from opencode_wrapper.config import RunConfig
 from opencode_wrapper.errors import OpenCodeConfigError
+from opencode_wrapper.hooks import Hooks
 from opencode_wrapper.limits import Limits
 
 __all__ = [
@@ -141,6 +142,7 @@ async def iter_run_many(
     retries: int = 0,
     retry_backoff_s: float = 5.0,
     retry_side_effects: bool = False,
+    hooks: Hooks | None = None,
 ) -> AsyncIterator[TaskOutcome]:
     """Run tasks concurrently and yield each :class:`TaskOutcome` as it completes.
 
@@ -170,6 +172,8 @@ async def iter_run_many(
             happen twice) unless ``retry_side_effects=True``. ``TaskOutcome.attempts`` lists them.
         retry_backoff_s: the pause before the first retry, doubling after; a provider's
             ``retry-after`` wins when longer.
+        hooks: tool hooks for every task (:class:`~opencode_wrapper.Hooks`; ``before_tool`` needs
+            a warm backend).
 
     Leaving the loop early (or cancelling) stops the running tasks and ends their processes.
     """
@@ -206,6 +210,7 @@ async def iter_run_many(
                 name=task.name,
                 verify=task.verify if task.verify is not None else verify,
                 verify_timeout_s=task.verify_timeout_s or verify_timeout_s or _DEFAULT_VERIFY_TIMEOUT_S,
+                hooks=hooks,
                 workspace_is_local=chosen.local_workspaces,
             )
             chosen.check(request)

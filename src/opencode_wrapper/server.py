@@ -24,6 +24,7 @@ from opencode_wrapper.backends.request import RunOptions, RunRequest
 from opencode_wrapper.backends.server import ServerBackend
 from opencode_wrapper.config import RunConfig
 from opencode_wrapper.errors import OpenCodeError
+from opencode_wrapper.hooks import Hooks
 from opencode_wrapper.session import OpenCodeSession
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class OpenCodeServer(ServerBase):
         callback_timeout_s: float | None = DEFAULT_CALLBACK_TIMEOUT_S,
         delete_on_exit: bool | None = None,
         title: str | None = None,
+        hooks: Hooks | None = None,
     ) -> OpenCodeSession:
         """A session on this server in ``workspace``, to use as ``async with server.session(ws) as s``.
 
@@ -96,6 +98,7 @@ class OpenCodeServer(ServerBase):
             callback_timeout_s=callback_timeout_s,
             delete_on_exit=delete_on_exit,
             title=title,
+            hooks=hooks,
             _server=self,
         )
 

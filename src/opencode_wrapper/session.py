@@ -35,6 +35,7 @@ from opencode_wrapper.backends.request import RunRequest
 from opencode_wrapper.backends.server import ServerBackend, differing_global_fields
 from opencode_wrapper.config import RunConfig, validate_config
 from opencode_wrapper.errors import OpenCodeConfigError, OpenCodeError
+from opencode_wrapper.hooks import Hooks
 from opencode_wrapper.results import aggregate_server_result
 
 if TYPE_CHECKING:
@@ -84,6 +85,10 @@ class OpenCodeSession:
             unless it was resumed).
         title: the new session's title. Without one, opencode asks the model for a title on
             the first prompt (one more model request); ignored when resuming.
+        hooks: tool hooks for every turn (:class:`~opencode_wrapper.Hooks`): ``before_tool``
+            sees and may refuse each tool call, ``after_tool`` each finished one, ``on_turn_end``
+            each turn's result. On a shared server, ``before_tool`` needs a server started with
+            ``hooks.server_config(run_cfg)``.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class OpenCodeSession:
         callback_timeout_s: float | None = DEFAULT_CALLBACK_TIMEOUT_S,
         delete_on_exit: bool | None = None,
         title: str | None = None,
+        hooks: Hooks | None = None,
         _server: ServerBase | None = None,
     ) -> None:
         if _server is None and client is None:
@@ -118,8 +124,18 @@ class OpenCodeSession:
             )
         if title is not None and (not isinstance(title, str) or not title.strip()):
             raise OpenCodeConfigError(f"title must be a non-empty string or None, got {title!r}")
+        if hooks is not None and not isinstance(hooks, Hooks):
+            raise OpenCodeConfigError(f"hooks must be a Hooks(...) or None, got {type(hooks).__name__}")
         if _server is not None:
-            differing = differing_global_fields(_server.run_cfg.merged_with(run_cfg), _server.run_cfg)
+            wanted = _server.run_cfg.merged_with(run_cfg)
+            differing = differing_global_fields(
+                hooks.server_config(wanted) if hooks else wanted, _server.run_cfg
+            )
+            if differing and hooks is not None and hooks.intercepts and differing == ["permission"]:
+                raise OpenCodeConfigError(
+                    "Hooks(before_tool=...) on a shared server need it to ask opencode's permission for the "
+                    "matched tools: start it as OpenCodeServer(run_cfg=hooks.server_config(cfg))"
+                )
             if differing:
                 raise OpenCodeConfigError(
                     f"RunConfig field(s) {differing} of this session differ from the server's: they "
@@ -136,6 +152,7 @@ class OpenCodeSession:
         self._log_file = log_file
         self._log_exclude = check_type_names(log_exclude_types, "log_exclude_types")
         self._title = title
+        self._hooks = hooks
         self._requested_id = session_id
         self._delete_on_exit = delete_on_exit
         self._server = _server
@@ -189,8 +206,9 @@ class OpenCodeSession:
         if self._owns_server:
             assert self._client is not None
             binary = await asyncio.to_thread(self._client.resolved_binary)
+            server_cfg = self._hooks.server_config(self._base_cfg) if self._hooks else self._base_cfg
             self._server = ServerBase(
-                binary=binary, run_cfg=self._base_cfg, isolate_db=self._client.isolate_db, cwd=self._workspace
+                binary=binary, run_cfg=server_cfg, isolate_db=self._client.isolate_db, cwd=self._workspace
             )
             await self._server.start()
         assert self._server is not None
@@ -334,6 +352,7 @@ class OpenCodeSession:
             callback_timeout_s=self._callback_timeout_s,
             files=files,
             output_schema=output_schema,
+            hooks=self._hooks,
         )
 
 

@@ -37,6 +37,7 @@ from opencode_wrapper._turn.structured import StructuredSpec
 from opencode_wrapper._turn.tracker import TurnTracker
 from opencode_wrapper.config import RunConfig
 from opencode_wrapper.errors import OpenCodeError, OpenCodeServerError, ServerHTTPError
+from opencode_wrapper.hooks import Hooks, ToolUse, user_permission_action
 
 __all__ = ["ABORT_SETTLE_S", "Turn"]
 
@@ -79,6 +80,8 @@ class Turn:
         on_question: QuestionCallback | None = None,
         callback_timeout_s: float | None = None,
         structured: StructuredSpec | None = None,
+        hooks: Hooks | None = None,
+        user_permission: Any = None,
     ) -> None:
         self.link = link
         self.message_id = message_id
@@ -90,6 +93,8 @@ class Turn:
         self.on_question = on_question
         self.callback_timeout_s = callback_timeout_s
         self.structured = structured
+        self.hooks = hooks if hooks is not None and hooks.intercepts else None
+        self.user_permission = user_permission
         self.tracker = TurnTracker(link.id, message_id)
         self.callback_errors: list[RunError] = []
         self.rejections: list[PermissionRejection] = []
@@ -270,7 +275,7 @@ class Turn:
         if self.handlers:
             await asyncio.gather(*self.handlers, return_exceptions=True)
 
-    async def _ask(self, name: str, callback: Any, request: dict[str, Any]) -> tuple[Any, str | None]:
+    async def _ask(self, name: str, callback: Any, request: Any) -> tuple[Any, str | None]:
         """Call a callback with the deadline; ``(value, None)`` or ``(None, why it failed)``."""
         timeout = self.callback_timeout_s
         try:
@@ -289,8 +294,53 @@ class Turn:
             )
         )
 
+    async def _hooks_verdict(self, request: dict[str, Any]) -> tuple[str | None, str | None]:
+        """``(decision, message)`` from the ``before_tool`` hooks; ``(None, None)``: none matched or
+        all allowed (the caller's own permission map then decides)."""
+        assert self.hooks is not None
+        permission = str(request.get("permission") or "")
+        tool = request.get("tool") if isinstance(request.get("tool"), dict) else {}
+        call_id = tool.get("callID") if isinstance(tool, dict) else None
+        call = next((c for c in self.fold.fields()["tool_calls"] if c.call_id == call_id), None)
+        name = (call.name if call is not None else None) or permission
+        matched = self.hooks.before(name, permission)
+        patterns = request.get("patterns")
+        use = ToolUse(
+            name=name,
+            input=dict(call.input) if call is not None else {},
+            permission=permission,
+            patterns=tuple(map(str, patterns)) if isinstance(patterns, list) else (),
+            call_id=call_id if isinstance(call_id, str) else None,
+            request=dict(request),
+        )
+        for hook in matched:
+            answer, problem = await self._ask("before_tool", hook, use)
+            if problem is not None:
+                self._callback_failed("before_tool", problem, request)
+                return "reject", None
+            if answer is False:
+                return "reject", None
+            if isinstance(answer, str):
+                return "reject", answer
+        return None, None
+
     async def _answer_permission(self, request: dict[str, Any]) -> None:
-        decision, message = "reject", None
+        decision: str = "reject"
+        message: str | None = None
+        if self.hooks is not None:
+            verdict, message = await self._hooks_verdict(request)
+            if verdict is not None:
+                await self._send_permission_reply(request, verdict, message)
+                return
+            patterns = request.get("patterns")
+            own = user_permission_action(
+                self.user_permission,
+                str(request.get("permission") or ""),
+                [str(p) for p in patterns] if isinstance(patterns, list) else [],
+            )
+            if own != "ask":  # the hooks asked opencode to ask; your own map said allow (or deny)
+                await self._send_permission_reply(request, "once" if own == "allow" else "reject", None)
+                return
         if self.on_permission is not None:
             value, problem = await self._ask("on_permission", self.on_permission, dict(request))
             if problem is None:
@@ -300,6 +350,11 @@ class Turn:
                     problem = str(exc)
             if problem is not None:
                 self._callback_failed("on_permission", problem, request)
+        await self._send_permission_reply(request, decision, message)
+
+    async def _send_permission_reply(
+        self, request: dict[str, Any], decision: str, message: str | None
+    ) -> None:
         body: dict[str, Any] = {"reply": decision}
         if message is not None:
             body["message"] = message

@@ -28,7 +28,9 @@ import collections
 import logging
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import Any
 
 from opencode_wrapper._aio import finish
 from opencode_wrapper._eventlog import EventLog
@@ -110,6 +112,8 @@ class RunHandle(ABC):
         self._isolation_error: RunError | None = None
         self._verification: Verification | None = None
         self._running = False
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+        self._reported_calls: set[str] = set()
 
     def __repr__(self) -> str:
         state = "new" if self._task is None else "done" if self.done else "running"
@@ -124,6 +128,28 @@ class RunHandle(ABC):
     @abstractmethod
     def _partial(self) -> RunResult:
         """The result of what was done (after ``_produce`` ended, however it ended)."""
+
+    def _after_tool(self, event: Event) -> None:
+        call = event.tool
+        if call is None or call.status not in ("completed", "error"):
+            return
+        key = call.call_id or call.part_id or str(len(self._reported_calls))
+        if key in self._reported_calls:
+            return  # a server may send a finished part again
+        self._reported_calls.add(key)
+        assert self.request.hooks is not None
+        for hook in self.request.hooks.after(call.name or ""):
+            task = asyncio.ensure_future(_run_hook("after_tool", hook, call))
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
+
+    async def _end_hooks(self, result: RunResult) -> None:
+        """Wait for the ``after_tool`` hooks still running, then run ``on_turn_end``."""
+        if self._hook_tasks:
+            await asyncio.gather(*list(self._hook_tasks), return_exceptions=True)
+        hooks = self.request.hooks
+        for _, hook in hooks.on_turn_end if hooks is not None else ():
+            await _run_hook("on_turn_end", hook, result)
 
     @property
     def workspace(self) -> str:
@@ -155,6 +181,9 @@ class RunHandle(ABC):
         ``on_event``, the iterator."""
         if self.watchers:
             _call(self.watchers, "event", self, event)
+        hooks = self.request.hooks
+        if hooks is not None and hooks.after_tool and event.kind == "tool":
+            self._after_tool(event)
         if self._log is not None:
             self._log.write(event)
         notify(self.request.on_event, event)
@@ -210,6 +239,8 @@ class RunHandle(ABC):
                 self._exception = exc
             if self._exception is None:
                 self._result = self._finished_result()
+                if self.request.hooks is not None:
+                    await finish(self._end_hooks(self._result))
         finally:
             if self._result is not None:
                 _call(self.watchers, "finished", self, self._result)
@@ -366,3 +397,13 @@ def _branch_name(name: str | None) -> str | None:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-_")[:40].rstrip(".-_")
     slug = slug.replace("..", ".").removesuffix(".lock")
     return slug or None
+
+
+async def _run_hook(what: str, hook: Callable[[Any], Awaitable[Any]], arg: object) -> None:
+    """A hook that raises is logged and ignored: it never breaks the run."""
+    try:
+        await hook(arg)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        _LOG.exception("a %s hook raised; ignored", what)

@@ -130,7 +130,7 @@ class ProcessBackend(Backend):
         return self._resolved
 
     def check(self, request: RunRequest) -> None:
-        permission = request.config.permission
+        permission = request.user_permission
         if permission is not None:
             validate_permission_actions(permission, allow_ask=False)
         for option in ("on_permission", "on_question"):
@@ -141,6 +141,14 @@ class ProcessBackend(Backend):
                     "`opencode run` auto-rejects every permission request and question; use a warm backend "
                     "(AsyncOpenCodeClient(warm_servers=True), an OpenCodeServer, a ServerPool or run_many)",
                 )
+        if request.hooks is not None and request.hooks.intercepts:
+            raise refuse(
+                "run-mode",
+                "Hooks(before_tool=...)",
+                "`opencode run` answers every permission request itself, so a hook cannot stand between "
+                "the agent and its tools; use a warm backend (AsyncOpenCodeClient(warm_servers=True), a "
+                "session, an OpenCodeServer, a ServerPool or run_many). after_tool and on_turn_end work here",
+            )
         if request.structured is not None:
             raise refuse(
                 "run-mode",

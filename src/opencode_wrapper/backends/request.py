@@ -35,6 +35,7 @@ from opencode_wrapper._validation import (
 from opencode_wrapper.backends.verify import DEFAULT_VERIFY_TIMEOUT_S, VerifySpec, check_verify
 from opencode_wrapper.config import RunConfig, validate_config
 from opencode_wrapper.errors import OpenCodeConfigError
+from opencode_wrapper.hooks import Hooks
 from opencode_wrapper.limits import Limits
 
 __all__ = ["ONE_SHOT_TITLE", "RunOptions", "RunRequest"]
@@ -67,6 +68,7 @@ class RunOptions(TypedDict, total=False):
     base: str | None
     verify: VerifySpec | None
     verify_timeout_s: float | None
+    hooks: Hooks | None
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,9 @@ class RunRequest:
         verify: a check after the agent, in its workspace: a shell command (passes on exit 0) or a
             callable (see ``backends.verify``); a failed check makes ``verification_failed``.
         verify_timeout_s: how long the check may take (default 600 s).
+        hooks: tool hooks (``before_tool`` needs a warm backend); ``config`` then asks opencode to
+            ask permission for the tools they match (see :class:`~opencode_wrapper.Hooks`).
+        user_permission: the caller's own ``permission`` map (``config``'s may carry the hooks').
         given: the options the caller gave explicitly (a backend refuses only those it cannot honour).
     """
 
@@ -126,6 +131,8 @@ class RunRequest:
     name: str | None = None
     verify: VerifySpec | None = None
     verify_timeout_s: float | None = DEFAULT_VERIFY_TIMEOUT_S
+    hooks: Hooks | None = None
+    user_permission: Any = None
     given: frozenset[str] = frozenset()
 
     @classmethod
@@ -155,6 +162,7 @@ class RunRequest:
         name: str | None = None,
         verify: VerifySpec | None = None,
         verify_timeout_s: object = DEFAULT_VERIFY_TIMEOUT_S,
+        hooks: Hooks | None = None,
         workspace_is_local: bool = True,
     ) -> RunRequest:
         """Check every argument; raise :class:`OpenCodeConfigError` naming the first bad one.
@@ -181,6 +189,7 @@ class RunRequest:
                 ("keep", keep),
                 ("base", base),
                 ("verify", verify),
+                ("hooks", hooks),
                 ("timeout_s", timeout_s),
             )
             if value is not None
@@ -207,6 +216,10 @@ class RunRequest:
         keep = "on_change" if keep is None else keep
         check_options(isolation, keep=keep, base=base)
         check_verify(verify)
+        if hooks is not None and not isinstance(hooks, Hooks):
+            raise OpenCodeConfigError(
+                f"hooks must be a Hooks(...) or None, got {type(hooks).__name__} {hooks!r}"
+            )
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise OpenCodeConfigError(f"name must be a non-empty string or None, got {name!r}")
         retries = 2 if max_retries is None else max_retries
@@ -216,7 +229,7 @@ class RunRequest:
         return cls(
             prompt=prompt,
             workspace=check_workspace(workspace, must_exist=workspace_is_local),
-            config=cfg,
+            config=hooks.server_config(cfg) if hooks is not None else cfg,
             timeout_s=check_timeout(timeout_s),
             log_file=os.fspath(log_file) if log_file is not None else None,
             log_exclude_types=check_type_names(log_exclude_types, "log_exclude_types"),
@@ -237,6 +250,8 @@ class RunRequest:
             name=name,
             verify=verify,
             verify_timeout_s=check_timeout(verify_timeout_s, "verify_timeout_s"),
+            hooks=hooks,
+            user_permission=cfg.permission,
             given=frozenset(given),
         )
 

@@ -146,6 +146,8 @@ class _TurnRun(RunHandle):
             on_question=request.on_question,
             callback_timeout_s=request.callback_timeout_s,
             structured=request.structured,
+            hooks=request.hooks,
+            user_permission=request.user_permission,
         )
         return self._turn
 
