@@ -361,6 +361,11 @@ def test_an_async_or_uncallable_on_event_is_refused(
         sync.Session(client, workspace, on_permission=42)  # type: ignore[arg-type]
     with pytest.raises(OpenCodeConfigError, match=r"client must be a sync\.Client"):
         sync.Session(AsyncOpenCodeClient(fake.path), workspace)  # type: ignore[arg-type]
+    session = sync.Session(client, workspace)
+    for method in (session.send, session.stream):
+        with pytest.raises(RuntimeError, match=r"inside 'with sync\.Session"):
+            method(PROMPT)
+    session.close()  # never entered: nothing to end
     assert fake.calls() == []
 
 

@@ -72,6 +72,7 @@ class Session:
             delete_on_exit=delete_on_exit,
             title=title,
         )
+        self._entered = False
 
     def __repr__(self) -> str:
         return f"sync.{self._aio!r}"
@@ -93,6 +94,7 @@ class Session:
             await aio.__aenter__()
             owned.sessions.add(aio)
 
+        self._entered = True
         self._client._submit(open_session).result()
         return self
 
@@ -129,7 +131,7 @@ class Session:
     ) -> RunResult:
         """``OpenCodeSession.send``, blocking: one turn and its result; the same arguments and errors."""
         options = _turn_options(run_cfg, timeout_s, on_permission, on_question, files, output_schema)
-        aio = self._aio
+        aio = self._require_entered("send")
         return self._client._submit(lambda call: aio.send(prompt, **options)).result()
 
     def stream(
@@ -150,7 +152,7 @@ class Session:
         garbage collection) aborts the turn.
         """
         options = _turn_options(run_cfg, timeout_s, on_permission, on_question, files, output_schema)
-        aio = self._aio
+        aio = self._require_entered("stream")
 
         async def prepare(call: Call[Source]) -> Source:
             turn = aio.stream(prompt, **options)
@@ -160,8 +162,15 @@ class Session:
 
     def abort(self) -> None:
         """``OpenCodeSession.abort``: stop the running turn, if any; the session stays usable."""
-        aio = self._aio
+        aio = self._require_entered("abort")
         self._client._submit(lambda call: aio.abort()).result()
+
+    def _require_entered(self, method: str) -> OpenCodeSession:
+        if not self._entered:
+            raise RuntimeError(
+                f"sync.Session.{method}() must be called inside 'with sync.Session(...) as s:'"
+            )
+        return self._aio
 
 
 def _turn_options(
