@@ -246,3 +246,28 @@ def test_typed_events_from_the_bus() -> None:
         event("message.part.updated", "ses_a", part={"id": "prt_1", "type": "text", "text": "hi"})
     )
     assert ev.part is not None and ev.part.text == "hi" and ev.session_id == "ses_a"
+
+
+@pytest.mark.parametrize(
+    ("health", "fragment"),
+    [
+        (
+            (200, {"healthy": True, "version": "2.1.0"}),
+            r"opencode 2\.1\.0 .* is not supported.*>=1\.18\.0, <2\.0\.0",
+        ),
+        ((404, {"name": "NotFoundError"}), r"no GET /global/health route .* not an opencode 1\.x server"),
+        ((200, {"healthy": True}), r"did not say its version"),
+    ],
+)
+async def test_an_unsupported_server_api_is_refused_at_start(
+    fake: FakeServer, health: tuple[int, Any], fragment: str
+) -> None:
+    from opencode_wrapper.errors import OpenCodeVersionError
+
+    fake.routes[("GET", "/global/health")] = health
+    server = OpenCodeServer.attach(fake.url, password=PASSWORD)
+    with pytest.raises(OpenCodeVersionError, match=fragment) as refused:
+        async with server:
+            pass
+    assert refused.value.supported == ">=1.18.0, <2.0.0"
+    assert not any(path.startswith("/global/event") for _, path, _, _ in fake.requests)  # refused first
