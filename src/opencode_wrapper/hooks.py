@@ -155,10 +155,28 @@ class Hooks:
         own = cfg.permission
         if isinstance(own, str):
             own = {"*": own}
-        merged: dict[str, Any] = dict(asked)
+        merged = _AskedPermission(asked, user=_user_map(cfg.permission))
         for key, value in (own or {}).items():
             merged[key] = _allow_to_ask(value)
         return cfg.replace(permission=merged)
+
+
+class _AskedPermission(dict[str, Any]):
+    """A permission map made by :meth:`Hooks.server_config`, remembering the caller's own map.
+
+    A session on a shared server (and a one-shot run on it) only sees the server's map, where the
+    caller's ``"allow"`` became ``"ask"``: :func:`user_permission_action` reads the caller's own
+    map from here, so a call the hooks allowed goes on as the caller allowed it.
+    """
+
+    def __init__(self, rules: Mapping[str, Any], *, user: Any) -> None:
+        super().__init__(rules)
+        self.user = user
+
+
+def _user_map(permission: Any) -> Any:
+    """The caller's own map behind ``permission`` (itself, unless hooks made it)."""
+    return permission.user if isinstance(permission, _AskedPermission) else permission
 
 
 def _allow_to_ask(value: Any) -> Any:
@@ -177,9 +195,11 @@ def user_permission_action(permission_map: object, permission: str, patterns: Se
     """What a permission map of yours says for a request (``allow``, ``ask`` or ``deny``).
 
     opencode's rule: the last matching rule wins; a permission the map does not mention gets
-    opencode's default (``ask`` for ``external_directory`` and ``doom_loop``, else ``allow``).
+    opencode's default (``ask`` for ``external_directory`` and ``doom_loop``, else ``allow``). A map
+    made by :meth:`Hooks.server_config` stands for the map it was made from.
     """
     action = _DEFAULT_ACTIONS.get(permission, "allow")
+    permission_map = _user_map(permission_map)
     if isinstance(permission_map, str):
         return permission_map
     if not isinstance(permission_map, Mapping):
