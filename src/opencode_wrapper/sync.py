@@ -54,12 +54,9 @@ from opencode_wrapper._sync.client import Client, default_client
 from opencode_wrapper._sync.loop import Call
 from opencode_wrapper._sync.session import Session
 from opencode_wrapper._sync.streams import EventStream, OutcomeStream
-from opencode_wrapper.backends.base import Backend
-from opencode_wrapper.batch import BackendName, Budget, Task, TaskLike, TaskOutcome
-from opencode_wrapper.config import RunConfig
+from opencode_wrapper.batch import Task, TaskLike, TaskOutcome
 from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.events import RunResult
-from opencode_wrapper.pool import ServerPool
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -125,32 +122,28 @@ def _batch_options(
 def run_many(
     tasks: Iterable[TaskLike],
     *,
-    concurrency: int | None = None,
-    fail_fast: bool = False,
-    on_progress: ProgressCallback | None = None,
-    budget: Budget | None = None,
-    backend: BackendName = "server",
-    run_cfg: RunConfig | None = None,
-    pool: ServerPool | None = None,
     client: Client | None = None,
-    engine: Backend | None = None,
-    binary: str | os.PathLike[str] = "opencode",
-    lean: bool = False,
-    max_servers: int | None = None,
     on_event: TaskEventCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+    **options: Any,
 ) -> list[TaskOutcome]:
     """``opencode_wrapper.run_many``, blocking: every :class:`TaskOutcome`, in input order.
 
-    The arguments of the async ``run_many``, with ``client`` a :class:`Client` (its backend runs
-    the tasks; without one this call makes its own backend, per ``backend``, and ends it).
-    ``on_event`` and a plain ``on_progress`` run in this thread (``on_progress`` is given a
-    snapshot); an ``async def`` ``on_progress`` runs on the loop. ``pool``/``engine``: objects
-    that no other event loop uses.
+    Takes the keyword arguments of the async ``run_many``/``iter_run_many`` (``concurrency``,
+    ``fail_fast``, ``budget``, ``backend``, ``run_cfg``, ``limits``, ``retries``, ``hooks``...;
+    passed on as they are, and refused as there), with these three changed:
+
+    Args:
+        client: a :class:`Client`: its backend runs the tasks (without one, this call makes its
+            own backend, per ``backend``, and ends it before returning).
+        on_event: ``on_event(task_index, event)``, a plain function run in this thread.
+        on_progress: a plain function, run in this thread with a snapshot of the
+            :class:`~opencode_wrapper.Progress`; or an ``async def``, run on the client's loop.
+
+    ``pool=``/``engine=``: objects that no other event loop uses.
     """
     host = _host(client, on_event, on_progress)
     listed = list(tasks)  # consumed here, not in the loop thread
-    options = _plain_options(concurrency, fail_fast, budget, backend, run_cfg, pool, engine, binary, lean)
-    options["max_servers"] = max_servers
 
     async def body(call: Call[list[TaskOutcome]]) -> list[TaskOutcome]:
         return await batch.run_many(listed, **_batch_options(call, client, options, on_event, on_progress))
@@ -161,29 +154,18 @@ def run_many(
 def iter_run_many(
     tasks: Iterable[TaskLike],
     *,
-    concurrency: int | None = None,
-    fail_fast: bool = False,
-    on_progress: ProgressCallback | None = None,
-    budget: Budget | None = None,
-    backend: BackendName = "server",
-    run_cfg: RunConfig | None = None,
-    pool: ServerPool | None = None,
     client: Client | None = None,
-    engine: Backend | None = None,
-    binary: str | os.PathLike[str] = "opencode",
-    lean: bool = False,
-    max_servers: int | None = None,
     on_event: TaskEventCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+    **options: Any,
 ) -> OutcomeStream:
     """``opencode_wrapper.iter_run_many`` as a plain iterator: each outcome as its task completes.
 
-    Arguments as for :func:`run_many`. The tasks start with the iteration; a bad task raises
-    ``OpenCodeConfigError`` from its first ``next()``, before any task starts.
+    Arguments as for :func:`run_many`. The tasks start with the iteration; a bad argument or task
+    raises from the first ``next()``, before any task starts.
     """
     host = _host(client, on_event, on_progress)
     listed = list(tasks)
-    options = _plain_options(concurrency, fail_fast, budget, backend, run_cfg, pool, engine, binary, lean)
-    options["max_servers"] = max_servers
 
     async def body(call: Call[None]) -> None:
         # Cancelling this (close, Ctrl-C) raises inside the generator's own await: its clean-up
@@ -194,27 +176,3 @@ def iter_run_many(
             call.emit(outcome)
 
     return OutcomeStream(host, body)
-
-
-def _plain_options(
-    concurrency: int | None,
-    fail_fast: bool,
-    budget: Budget | None,
-    backend: BackendName,
-    run_cfg: RunConfig | None,
-    pool: ServerPool | None,
-    engine: Backend | None,
-    binary: str | os.PathLike[str],
-    lean: bool,
-) -> dict[str, Any]:
-    return {
-        "concurrency": concurrency,
-        "fail_fast": fail_fast,
-        "budget": budget,
-        "backend": backend,
-        "run_cfg": run_cfg,
-        "pool": pool,
-        "engine": engine,
-        "binary": binary,
-        "lean": lean,
-    }

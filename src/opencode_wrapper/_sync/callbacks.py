@@ -25,6 +25,8 @@ from opencode_wrapper.events import Event
 from opencode_wrapper.session import PermissionReply
 
 if TYPE_CHECKING:
+    from opencode_wrapper.backends.verify import VerifySpec
+    from opencode_wrapper.hooks import Hooks
     from opencode_wrapper.limits import Limits
 
 __all__ = [
@@ -62,7 +64,8 @@ ProgressCallback: TypeAlias = Callable[[Progress], "Awaitable[None] | None"]
 class SyncRunOptions(TypedDict, total=False):
     """The options of ``sync.run``/``sync.stream``: those of the async API (``RunOptions``, whose
     fields tests/test_sync.py checks these against), with plain functions allowed as
-    ``on_permission``/``on_question``."""
+    ``on_permission``/``on_question``. ``hooks`` and a ``verify`` callable are passed on as they
+    are: they run on the client's loop, as in the async API."""
 
     run_cfg: RunConfig | None
     timeout_s: float | None
@@ -82,6 +85,9 @@ class SyncRunOptions(TypedDict, total=False):
     isolation: str | None
     keep: str | None
     base: str | None
+    verify: VerifySpec | None
+    verify_timeout_s: float | None
+    hooks: Hooks | None
 
 
 def is_async_callable(callback: object) -> bool:
