@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from opencode_wrapper._cli.observe import choose_backend, closing, iter_observed
 from opencode_wrapper._cli.output import Output
 from opencode_wrapper._cli.results import ResultWriter, outcome_record
 from opencode_wrapper._cli.tasks_file import load_tasks
+from opencode_wrapper.backends.base import Backend
 from opencode_wrapper.batch import BackendName
+from opencode_wrapper.errors import OpenCodeConfigError
 
 DESCRIPTION = """\
 Run many agents at once. TASKS.jsonl holds one JSON object per line: "prompt" and "workspace"
@@ -44,6 +47,7 @@ example tasks.jsonl:
   {"name": "web", "prompt": "Fix the lint errors.", "workspace": "web", "permission": {"bash": "allow"}}
 
   opencode-wrapper batch tasks.jsonl -m anthropic/claude-sonnet-4-5 --concurrency 8 --out results.jsonl
+  opencode-wrapper batch tasks.jsonl -m anthropic/claude-sonnet-4-5 --ray auto   # on a Ray cluster
 """
 
 
@@ -76,6 +80,13 @@ def register(commands: Any) -> None:
         help="'server': warm `opencode serve` processes (the default when available); "
         "'run': one `opencode run` per task",
     )
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run on a Ray cluster: 'auto' (started on this machine with `ray start`), HEAD:PORT or "
+        "ray://HEAD:10001; workspaces and --binary are paths on the nodes "
+        "(needs py-opencode-wrapper[ray] on every node)",
+    )
     add_agent_options(parser)
     parser.set_defaults(handler=handle)
 
@@ -91,8 +102,20 @@ def handle(args: argparse.Namespace) -> int:
     return run_async(lambda: _batch(args))
 
 
+def _engine(args: argparse.Namespace) -> Backend | None:
+    """The ``RayEngine`` of ``--ray`` (Ray is imported only then), or ``None``."""
+    if args.ray is None:
+        return None
+    if args.backend == "run":
+        raise OpenCodeConfigError("--ray runs warm servers on the nodes; leave out --backend run")
+    from opencode_wrapper.ray import RayEngine
+
+    return RayEngine(args.ray, binary=args.binary)
+
+
 async def _batch(args: argparse.Namespace) -> int:
     backend: BackendName = choose_backend(args.backend)
+    engine = _engine(args)
     out_path = args.out or default_out(args.tasks)
     # With results on stdout, the view goes to stderr.
     view_out = Output(sys.stderr) if out_path == "-" else Output()
@@ -101,9 +124,14 @@ async def _batch(args: argparse.Namespace) -> int:
         view = make_view(view_out, len(tasks))
         with ResultWriter(out_path) as writer:
             try:
-                async with view:
+                async with view, engine if engine is not None else contextlib.nullcontext():
                     outcomes = iter_observed(
-                        tasks, view, backend=backend, concurrency=args.concurrency, binary=args.binary
+                        tasks,
+                        view,
+                        backend=backend,
+                        concurrency=args.concurrency,
+                        binary=args.binary,
+                        engine=engine,
                     )
                     async with closing(outcomes):
                         async for outcome in outcomes:

@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, TypeVar
 
+from opencode_wrapper.backends.base import Backend
 from opencode_wrapper.batch import BackendName, Progress, Task, TaskOutcome, iter_run_many
 from opencode_wrapper.events import Event
 
@@ -47,8 +48,12 @@ async def iter_observed(
     backend: BackendName,
     concurrency: int | None,
     binary: str | os.PathLike[str],
+    engine: Backend | None = None,
 ) -> AsyncIterator[TaskOutcome]:
-    """``iter_run_many`` over ``tasks``, telling ``observer`` of every start and event."""
+    """``iter_run_many`` over ``tasks``, telling ``observer`` of every start and event.
+
+    ``engine``: run on it instead (e.g. a ``RayEngine``; left open).
+    """
     started: set[int] = set()
 
     def start(index: int) -> None:
@@ -69,6 +74,7 @@ async def iter_observed(
         concurrency=concurrency,
         backend=backend,
         binary=binary,
+        engine=engine,
         on_event=on_event,
         on_progress=on_progress,
     )
