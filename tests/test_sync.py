@@ -429,6 +429,20 @@ def test_run_many_returns_every_outcome_and_calls_back_in_this_thread(
     assert len(fake.calls()) == 2
 
 
+def test_an_async_on_progress_runs_on_the_clients_loop(
+    fake: FakeOpenCode, client: sync.Client, workspace: Path
+) -> None:
+    fake.emit(E.simple_turn())
+    where: set[int] = set()
+
+    async def on_progress(progress: Progress) -> None:
+        where.add(threading.get_ident())
+
+    [outcome] = sync.run_many([(PROMPT, workspace)], client=client, on_progress=on_progress)
+    assert outcome.ok
+    assert client._loop.thread is not None and where == {client._loop.thread.ident}
+
+
 def test_run_many_on_a_client_uses_its_backend(
     fake: FakeOpenCode, client: sync.Client, workspace: Path
 ) -> None:
