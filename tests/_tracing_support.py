@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -94,23 +93,3 @@ class SpanTree:
         for root in self.roots():
             walk(root, 0)
         return "\n".join(lines)
-
-
-def wire_batch_span(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The batch span in ``run_many``/``iter_run_many``, as the core wires it.
-
-    Until ``opencode_wrapper.batch`` does it itself, this applies the wiring proposed to the core
-    (the scheduler's outcomes iterated through ``batch_span(total=...).iterate``); once it does,
-    this does nothing and the tests check the real wiring.
-    """
-    import opencode_wrapper.batch as batch
-
-    if "batch_span" in vars(batch) or "tracing" in vars(batch):
-        return
-    name = "schedule" if "schedule" in vars(batch) else "_schedule"  # the scheduler iter_run_many calls
-    schedule = getattr(batch, name)
-
-    def traced_schedule(tasks: Any, *args: Any, **kwargs: Any) -> Any:
-        return tracing.batch_span(total=len(tasks)).iterate(schedule(tasks, *args, **kwargs))
-
-    monkeypatch.setattr(batch, name, traced_schedule)

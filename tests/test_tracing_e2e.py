@@ -17,7 +17,7 @@ import pytest_asyncio
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
-from _tracing_support import SpanTree, Traced, attrs, traced_with, wire_batch_span
+from _tracing_support import SpanTree, Traced, attrs, traced_with
 from opencode_wrapper import AsyncOpenCodeClient, RunResult, Task, run_many
 from opencode_wrapper.events import Event
 from opencode_wrapper.server import OpenCodeServer
@@ -155,9 +155,7 @@ async def test_a_batch_of_three_is_one_workflow_span_in_the_callers(
     warm: AsyncOpenCodeClient,
     space: Path,
     model: OfflineModelServer,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    wire_batch_span(monkeypatch)
     tasks = [Task(f"Say [[say: answer {i}]]", space) for i in range(3)]
     with traced.tracer.start_as_current_span("caller"):
         outcomes = await run_many(tasks, client=warm, run_cfg=model.run_config(config_overrides=FAST))

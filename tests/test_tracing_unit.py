@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
-from _tracing_support import Traced, attrs, traced_with, wire_batch_span
+from _tracing_support import Traced, attrs, traced_with
 from opencode_wrapper import tracing
 from opencode_wrapper._model.fold import Fold
 from opencode_wrapper.backends.base import Backend
@@ -521,14 +521,7 @@ async def test_a_run_nests_under_the_span_current_where_it_starts(
     assert spans.children(spans.one("elsewhere")) == []
 
 
-@pytest.fixture
-def batch_wired(monkeypatch: pytest.MonkeyPatch) -> None:
-    wire_batch_span(monkeypatch)
-
-
-async def test_run_many_is_one_workflow_span_around_its_runs(
-    traced: Traced, tmp_path: Path, batch_wired: None
-) -> None:
+async def test_run_many_is_one_workflow_span_around_its_runs(traced: Traced, tmp_path: Path) -> None:
     tasks = [Task(f"task {i}", tmp_path) for i in range(3)]
     with traced.tracer.start_as_current_span("caller"):
         outcomes = await run_many(tasks, engine=FakeBackend(run_mode_events()), concurrency=2, run_cfg=MODEL)
@@ -551,9 +544,7 @@ async def test_run_many_is_one_workflow_span_around_its_runs(
     )
 
 
-async def test_the_consumer_of_iter_run_many_keeps_its_own_context(
-    traced: Traced, tmp_path: Path, batch_wired: None
-) -> None:
+async def test_the_consumer_of_iter_run_many_keeps_its_own_context(traced: Traced, tmp_path: Path) -> None:
     from opencode_wrapper.batch import iter_run_many
 
     tasks = [Task(f"task {i}", tmp_path) for i in range(3)]

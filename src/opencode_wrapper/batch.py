@@ -39,6 +39,7 @@ from opencode_wrapper.config import RunConfig
 from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.hooks import Hooks
 from opencode_wrapper.limits import Limits
+from opencode_wrapper.tracing import batch_span
 
 __all__ = [
     "BackendName",
@@ -218,13 +219,17 @@ async def iter_run_many(
             raise OpenCodeConfigError(f"task #{index}: {exc}") from exc
         checked.append((dataclasses.replace(task, run_cfg=merged), request, policy))
     try:
-        async for outcome in schedule(
-            checked,
-            chosen,
-            concurrency=concurrency or _default_concurrency(chosen),
-            fail_fast=fail_fast,
-            on_progress=on_progress,
-            budget=budget,
+        # The batch's span is current only around each step of the scheduler (an async generator
+        # runs in its consumer's context): runs nest under it, the caller's loop body does not.
+        async for outcome in batch_span(total=len(checked)).iterate(
+            schedule(
+                checked,
+                chosen,
+                concurrency=concurrency or _default_concurrency(chosen),
+                fail_fast=fail_fast,
+                on_progress=on_progress,
+                budget=budget,
+            )
         ):
             yield outcome
     finally:

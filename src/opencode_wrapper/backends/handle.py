@@ -92,6 +92,8 @@ class RunHandle(ABC):
     _fold: Fold
     #: Whether this handle makes the isolated workspace itself (a cluster's handle lets its node do it).
     isolates_here: bool = True
+    #: Whether the run is a turn of an open session (not a one-shot run).
+    session_turn: bool = False
 
     def __init__(self, request: RunRequest) -> None:
         self.request = request
@@ -237,6 +239,11 @@ class RunHandle(ABC):
                     uncancel()
             except Exception as exc:
                 self._exception = exc
+                # Watchers (a trace's span) still hear of the end; the caller gets the exception.
+                failed = RunResult(
+                    error=RunError(kind="internal_error", message=f"{type(exc).__name__}: {exc}")
+                )
+                _call(self.watchers, "finished", self, failed)
             if self._exception is None:
                 self._result = self._finished_result()
                 if self.request.hooks is not None:

@@ -167,6 +167,8 @@ class _TurnRun(RunHandle):
 class SessionTurnRun(_TurnRun):
     """The next turn of an open session."""
 
+    session_turn = True
+
     def __init__(self, request: RunRequest, link: SessionLink) -> None:
         super().__init__(request)
         self._link = link
