@@ -365,3 +365,25 @@ async def test_fail_fast_during_a_retry_pause_stops_the_retry(tmp_path: Path) ->
     )
     assert sorted(tries) == [0, 1]  # no retry of task 0 after the batch was told to stop
     assert all(not o.ok for o in outcomes)
+
+
+async def test_an_on_progress_that_raises_never_stalls_the_batch(tmp_path: Path) -> None:
+    def on_progress(progress: Progress) -> None:
+        raise RuntimeError("a broken view")
+
+    async def executor(index: int, task: Task) -> RunResult:
+        return _result()
+
+    outcomes = await asyncio.wait_for(
+        _collect(
+            _schedule(
+                *_with(_tasks(3, tmp_path), executor),
+                concurrency=1,
+                fail_fast=False,
+                on_progress=on_progress,
+                budget=None,
+            )
+        ),
+        30,
+    )
+    assert sorted(o.index for o in outcomes) == [0, 1, 2] and all(o.ok for o in outcomes)

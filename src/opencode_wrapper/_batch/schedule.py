@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from opencode_wrapper.backends.request import RunRequest
 from opencode_wrapper.errors import OpenCodeCancelledError, OpenCodeError
 
 __all__ = ["RetryPolicy", "schedule", "worth_retrying"]
+
+_LOG = logging.getLogger("opencode_wrapper")
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,15 @@ async def schedule(
     async def report(outcome: TaskOutcome | None = None) -> None:
         if outcome is not None:
             progress.last = outcome
-        if on_progress is not None:
+        if on_progress is None:
+            return
+        try:
             maybe = on_progress(progress)
             if inspect.isawaitable(maybe):
                 await maybe
+        except Exception:
+            # An observer never breaks the batch (a starter that died would leave it waiting forever).
+            _LOG.exception("an on_progress callback raised; ignored")
 
     def stop_running(reason: RunError, but: int) -> None:
         stopping.set()

@@ -13,21 +13,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
 
 from opencode_wrapper._sync.loop import Call
+from opencode_wrapper.backends.request import RunSettings
 from opencode_wrapper.batch import Progress
-from opencode_wrapper.config import RunConfig
 from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.events import Event
 from opencode_wrapper.session import PermissionReply
-
-if TYPE_CHECKING:
-    from opencode_wrapper.backends.verify import VerifySpec
-    from opencode_wrapper.hooks import Hooks
-    from opencode_wrapper.limits import Limits
 
 __all__ = [
     "EventCallback",
@@ -61,33 +55,14 @@ TaskEventCallback: TypeAlias = Callable[[int, Event], object]
 ProgressCallback: TypeAlias = Callable[[Progress], "Awaitable[None] | None"]
 
 
-class SyncRunOptions(TypedDict, total=False):
-    """The options of ``sync.run``/``sync.stream``: those of the async API (``RunOptions``, whose
-    fields tests/test_sync.py checks these against), with plain functions allowed as
-    ``on_permission``/``on_question``. ``hooks`` and a ``verify`` callable are passed on as they
-    are: they run on the client's loop, as in the async API."""
+class SyncRunOptions(RunSettings, total=False):
+    """The options of ``sync.run``/``sync.stream``: those of the async API (``RunSettings`` plus the
+    callbacks), with plain functions allowed as ``on_permission``/``on_question``. ``hooks`` and a
+    ``verify`` callable are passed on as they are: they run on the client's loop, as in the async API."""
 
-    run_cfg: RunConfig | None
-    timeout_s: float | None
-    log_file: str | os.PathLike[str] | None
-    log_exclude_types: Iterable[str] | None
     on_event: EventCallback | None
-    data_home: str | os.PathLike[str] | None
-    max_retries: int | None
-    retry_delay_s: float | None
-    files: Sequence[str | os.PathLike[str]] | None
-    output_schema: Any
     on_permission: SyncPermissionCallback | None
     on_question: SyncQuestionCallback | None
-    callback_timeout_s: float | None
-    title: str | None
-    limits: Limits | None
-    isolation: str | None
-    keep: str | None
-    base: str | None
-    verify: VerifySpec | None
-    verify_timeout_s: float | None
-    hooks: Hooks | None
 
 
 def is_async_callable(callback: object) -> bool:

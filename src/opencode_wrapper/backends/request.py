@@ -38,28 +38,25 @@ from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.hooks import Hooks
 from opencode_wrapper.limits import Limits
 
-__all__ = ["ONE_SHOT_TITLE", "RunOptions", "RunRequest"]
+__all__ = ["ONE_SHOT_TITLE", "RunOptions", "RunRequest", "RunSettings"]
 
 #: The title of the session a one-shot run uses: a titled session costs no title request to the
 #: model (opencode would otherwise ask the model for one; nobody sees it).
 ONE_SHOT_TITLE = "opencode-wrapper one-shot run"
 
 
-class RunOptions(TypedDict, total=False):
-    """The options every run entry point takes as keyword arguments (see :class:`RunRequest`)."""
+class RunSettings(TypedDict, total=False):
+    """The options of a run that are data, not callbacks (``RunOptions`` adds the callbacks)."""
 
     run_cfg: RunConfig | None
     timeout_s: float | None
     log_file: str | os.PathLike[str] | None
     log_exclude_types: Iterable[str] | None
-    on_event: EventCallback | None
     data_home: str | os.PathLike[str] | None
     max_retries: int | None
     retry_delay_s: float | None
     files: Sequence[str | os.PathLike[str]] | None
     output_schema: Any
-    on_permission: PermissionCallback | None
-    on_question: QuestionCallback | None
     callback_timeout_s: float | None
     title: str | None
     limits: Limits | None
@@ -69,6 +66,14 @@ class RunOptions(TypedDict, total=False):
     verify: VerifySpec | None
     verify_timeout_s: float | None
     hooks: Hooks | None
+
+
+class RunOptions(RunSettings, total=False):
+    """The options every run entry point takes as keyword arguments (see :class:`RunRequest`)."""
+
+    on_event: EventCallback | None
+    on_permission: PermissionCallback | None
+    on_question: QuestionCallback | None
 
 
 @dataclass(frozen=True)
