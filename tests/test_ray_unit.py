@@ -451,3 +451,16 @@ def test_without_ray_the_module_says_how_to_install_it() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "pip install 'py-opencode-wrapper[ray]'" in done.stdout
+
+
+async def test_a_start_that_fails_closes_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opencode_wrapper._ray import engine as engine_module
+
+    monkeypatch.setattr(engine_module.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(engine_module.ray, "nodes", lambda: [{"NodeID": "a", "Alive": True, "Resources": {}}])
+    made = RayEngine(node_ids=["b"])
+    with pytest.raises(OpenCodeConfigError, match=r"node_ids \['b'\] are not alive nodes"):
+        async with made:
+            pass
+    with pytest.raises(OpenCodeError, match="closed"):
+        await made.start()

@@ -75,8 +75,9 @@ class RayEngine(Backend):
         address: the cluster, as for ``ray.init``: ``"auto"`` (a cluster started on this machine
             with ``ray start``), ``"HOST:PORT"`` of its head, ``"ray://HOST:10001"``, or ``None``
             (``$RAY_ADDRESS``, else a new local Ray instance for this engine alone, stopped by
-            :meth:`aclose`). If this process is already connected (``ray.init`` was called), that
-            connection is used and left open.
+            :meth:`aclose`; starting it takes a few seconds, on the caller's thread, because
+            Ray's processes die with the thread that started them). If this process is already
+            connected (``ray.init`` was called), that connection is used and left open.
         sessions_per_node: runs each node takes at once (default: 8 per server). The sum over
             the nodes is ``run_many``'s default concurrency.
         servers_per_node: warm ``opencode serve`` processes per node (default: one per CPU of
@@ -207,7 +208,11 @@ class RayEngine(Backend):
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> RayEngine:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()  # what did start (a local Ray instance, agents) ends here too
+            raise
         return self
 
     async def __aexit__(
