@@ -173,6 +173,27 @@ def _catalog_for(cfg: RunConfig, mode: CatalogMode) -> Path | None:
     return trimmed_models_catalog([split_model(cfg.model)["providerID"]])
 
 
+#: What every one-shot run (run mode, and the warm servers of a pool) gets by default, unless its
+#: config sets it: no file watcher. It reports changes made *outside* opencode to an interactive
+#: client (a branch switched by someone else); a one-shot headless run has no such client, and its
+#: own edits are tracked without it. Measured in the lean profile: x1.18 CPU / x1.45 wall with it.
+ONE_SHOT_ENV: dict[str, str] = {"OPENCODE_EXPERIMENTAL_DISABLE_FILEWATCHER": "1"}
+
+
+def one_shot_run_config(cfg: RunConfig, *, isolated: bool = False) -> RunConfig:
+    """``cfg`` with the defaults of a one-shot run underneath (the caller's settings win).
+
+    :data:`ONE_SHOT_ENV`; and for an isolated run (its changes are taken with git, in its own
+    worktree), no opencode snapshots: they are an undo history of that worktree, which nobody
+    can use once the run ended (measured: ~0.5 CPU-s per directory).
+    """
+    env = {**ONE_SHOT_ENV, **(cfg.extra_env or {})}
+    changes: dict[str, Any] = {"extra_env": env}
+    if isolated:
+        changes["config_overrides"] = _deep_merge({"snapshot": False}, cfg.config_overrides or {})
+    return cfg.replace(**changes)
+
+
 def lean_run_config(cfg: RunConfig, *, catalog: CatalogMode = "auto") -> RunConfig:
     """A copy of ``cfg`` with the lean profile underneath; the caller's own settings win.
 

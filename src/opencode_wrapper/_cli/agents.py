@@ -31,6 +31,10 @@ class AgentRow:
     tools_run: int = 0
     tokens: int = 0
     cost: float = 0.0
+    #: Which try of the task this is (a batch with retries starts failed tries again).
+    attempt: int = 1
+    #: Whether a verify check runs after the agent (its last step then shows as "verifying").
+    verifies: bool = False
     _finished_steps: set[str] = field(default_factory=set, repr=False)
     _finished_tools: set[str] = field(default_factory=set, repr=False)
 
@@ -65,7 +69,10 @@ class AgentRow:
             if isinstance(total, (int, float)) and not isinstance(total, bool):
                 self.tokens += int(total)
             self.cost += part.cost or 0.0
-            self.state = "thinking" if part.reason == "tool-calls" else "finishing"
+            if part.reason == "tool-calls":
+                self.state = "thinking"
+            else:
+                self.state = "verifying" if self.verifies else "finishing"
         elif kind in _STATE_BY_PART:
             self.state = _STATE_BY_PART[kind]
 
@@ -105,6 +112,11 @@ class Board:
     failed: int = 0
     tokens: int = 0
     cost: float = 0.0
+    #: Finished tasks whose verify check passed / failed.
+    verified: int = 0
+    verify_failed: int = 0
+    #: Finished tasks that took more than one try.
+    retried: int = 0
 
     @property
     def running(self) -> int:
@@ -117,8 +129,22 @@ class Board:
     def start(self, index: int, task: Task) -> AgentRow:
         row = self.rows.get(index)
         if row is None:
-            row = AgentRow(index=index, label=task_label(task, index), workspace=os.fspath(task.workspace))
+            row = AgentRow(
+                index=index,
+                label=task_label(task, index),
+                workspace=os.fspath(task.workspace),
+                verifies=task.verify is not None,
+            )
             self.rows[index] = row
+        return row
+
+    def attempt(self, index: int, number: int) -> AgentRow | None:
+        """The task's try ``number`` is starting (its earlier try failed in a way worth retrying)."""
+        row = self.rows.get(index)
+        if row is not None:
+            row.attempt = number
+            row.state = "retrying"
+            row.tool = row.tool_status = None
         return row
 
     def event(self, index: int, event: Event) -> AgentRow | None:
@@ -139,6 +165,12 @@ class Board:
         self.finished += 1
         if not outcome.ok:
             self.failed += 1
+        if outcome.verified is not None:
+            self.verified += outcome.verified
+            self.verify_failed += not outcome.verified
+        if len(outcome.attempts) > 1:
+            self.retried += 1
+            row.attempt = len(outcome.attempts)
         result = outcome.result
         if result is not None:
             # The result's sums are exact; the row may have missed events.

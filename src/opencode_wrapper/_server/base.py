@@ -26,16 +26,12 @@ from typing import Any, TypeVar
 
 from opencode_wrapper._aio import finish, wait_within
 from opencode_wrapper._http import Transport
-from opencode_wrapper._proc.binary import (
-    check_supported,
-    check_version,
-    parse_version,
-    resolve_binary,
-    supported_range,
-)
+from opencode_wrapper._proc.binary import check_version, resolve_binary
 from opencode_wrapper._proc.environment import PreparedEnvironment, prepare_environment
 from opencode_wrapper._proc.process import OwnedProcess, iter_lines
 from opencode_wrapper._server.bus import Bus, Subscription
+from opencode_wrapper._server.instances import Instances
+from opencode_wrapper._server.version import server_version
 from opencode_wrapper._tool_lease import leased_tools
 from opencode_wrapper._validation import check_timeout
 from opencode_wrapper.config import RunConfig, validate_config
@@ -43,7 +39,6 @@ from opencode_wrapper.errors import (
     OpenCodeConfigError,
     OpenCodeError,
     OpenCodeServerError,
-    OpenCodeVersionError,
     ServerHTTPError,
 )
 
@@ -76,6 +71,12 @@ class ServerBase:
         cwd: the server process's working directory (default: the current one). Sessions name
             their own workspace; this only matters for requests without one.
         username: the basic-auth user name.
+        idle_instances: how many directories no session uses any more keep their opencode
+            instance (project state, watcher, MCP servers); beyond that, the least recently used
+            is disposed (``POST /instance/dispose``). opencode itself keeps every directory's
+            instance for the server's whole life (upstream #33720, #47727), so a server that sees
+            many workspaces grows without bound. ``None``: never dispose (the default for a
+            server you own; a ``ServerPool``'s servers keep 8).
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class ServerBase:
         startup_timeout_s: float = 60.0,
         cwd: str | os.PathLike[str] | None = None,
         username: str = "opencode",
+        idle_instances: int | None = None,
     ) -> None:
         cfg = RunConfig() if run_cfg is None else run_cfg
         validate_config(cfg, allow_ask=True)
@@ -119,6 +121,7 @@ class ServerBase:
         self._state = "new"  # new -> starting -> running -> closed
         self._closing = False
         self._leases = contextlib.AsyncExitStack()
+        self.instances = Instances(idle_instances)
 
     @classmethod
     def attach(cls: type[_S], url: str, *, username: str = "opencode", password: str | None = None) -> _S:
@@ -227,28 +230,8 @@ class ServerBase:
         raise self._error(f"the opencode event stream did not connect within {self._startup_timeout_s:g} s")
 
     async def _check_api(self) -> None:
-        """Ask the server its version: 2.x answers on other routes, and must be refused clearly."""
-        assert self._transport is not None
-        try:
-            health = await self._transport.request("GET", "/global/health", timeout_s=self._startup_timeout_s)
-        except ServerHTTPError as exc:
-            if exc.status_code in (404, 405):
-                raise OpenCodeVersionError(
-                    f"the server at {self.url} has no GET /global/health route (HTTP {exc.status_code}): "
-                    "it is not an opencode 1.x server, which this package needs",
-                    supported=supported_range(),
-                ) from exc
-            raise
-        found = health.get("version") if isinstance(health, dict) else None
-        version = parse_version(found) if isinstance(found, str) else None
-        if version is None:
-            raise OpenCodeVersionError(
-                f"the server at {self.url} did not say its version "
-                f"(GET /global/health answered {health!r:.200})",
-                supported=supported_range(),
-            )
-        check_supported(version, f"the server at {self.url}")
-        self.version = version
+        assert self._transport is not None and self.url is not None
+        self.version = await server_version(self._transport, self.url, self._startup_timeout_s)
 
     async def _spawn(self) -> None:
         binary = await asyncio.to_thread(_checked_binary, self._binary)
@@ -322,6 +305,24 @@ class ServerBase:
         if self._prepared is not None:
             self._prepared.cleanup()
         await self._leases.aclose()  # the tool servers, now that opencode is gone
+
+    def use_directory(self, directory: str) -> None:
+        """A session in ``directory`` opened (its instance must stay)."""
+        self.instances.use(directory)
+
+    def release_directory(self, directory: str) -> None:
+        """A session in ``directory`` ended: dispose idle instances over the limit."""
+        for idle in self.instances.release(directory):
+            if self.alive:
+                self._spawn_task(self._dispose(idle))
+
+    async def _dispose(self, directory: str) -> None:
+        if self.instances.in_use(directory) or not self.alive:
+            return  # used again meanwhile, or closing anyway
+        params = {"directory": directory}
+        with contextlib.suppress(OpenCodeError):
+            await self.request("POST", "/instance/dispose", params=params, timeout_s=_DISPOSE_TIMEOUT_S)
+            self.instances.disposed += 1
 
     def on_close(self, closer: Closer) -> Callable[[], None]:
         """Run ``closer`` first when the server closes; returns the function that unregisters it."""

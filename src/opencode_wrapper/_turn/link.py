@@ -98,15 +98,24 @@ class SessionLink:
                     ) from exc
                 raise
         self._unregister = server.on_close(self.close)
+        server.use_directory(self.workspace)
 
     async def close(self) -> None:
         """Abort a running turn and delete the session (if it should be). Idempotent."""
-        if self._unregister is not None:
-            self._unregister()
-            self._unregister = None
+        if self._unregister is None:
+            return  # never opened, or closed already
+        self._unregister()
+        self._unregister = None
         server = self.server
         if self.session_id is None or not server.alive:
             return
+        try:
+            await self._end_session()
+        finally:
+            server.release_directory(self.workspace)
+
+    async def _end_session(self) -> None:
+        server = self.server
         if self.active is not None:
             self.active.request_abort()
             with contextlib.suppress(OpenCodeError):

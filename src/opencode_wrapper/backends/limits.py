@@ -14,15 +14,16 @@ __all__ = ["LimitWatcher"]
 
 
 class LimitWatcher(RunWatcher):
-    """Stops the run (``handle.stop``) the moment it crosses one of ``limits``."""
+    """Stops the run (``handle.stop``) the moment it crosses one of ``limits``.
+
+    Silence (``idle_timeout_s``) is counted from the run's first event: opencode's start-up, a
+    wait for a warm server or a pool slot is not the run being quiet (``timeout_s`` bounds that).
+    """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._steps_started = 0
         self._idle: asyncio.TimerHandle | None = None
-
-    def started(self, handle: RunHandle) -> None:
-        self._arm(handle)
 
     def finished(self, handle: RunHandle, result: RunResult) -> None:
         if self._idle is not None:

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from opencode_wrapper._lean import lean_run_config
+from opencode_wrapper._lean import lean_run_config, one_shot_run_config
 from opencode_wrapper._model.outcome import RunResult
 from opencode_wrapper._server.base import ServerBase
 from opencode_wrapper.backends.base import Backend, run_request
@@ -33,6 +33,8 @@ __all__ = ["ServerPool", "default_max_servers"]
 
 # Measured: one warm server holds ~0.7-0.8 GB after work, and runs are CPU-bound.
 _SERVER_MEMORY_BYTES = 1_000_000_000
+# Idle directories whose opencode instance a pool's server keeps (see ServerBase.idle_instances).
+_IDLE_INSTANCES = 8
 
 
 def default_max_servers() -> int:
@@ -161,13 +163,14 @@ class ServerPool(Backend):
 
     # ------------------------------------------------------------------ internals
 
-    def server_config(self, cfg: RunConfig) -> RunConfig:
-        """The config a server for runs of ``cfg`` is started with."""
-        return lean_run_config(cfg) if self.lean else cfg
+    def server_config(self, cfg: RunConfig, *, isolated: bool = False) -> RunConfig:
+        """The config a server for one-shot runs of ``cfg`` is started with (a pool serves only those:
+        see ``one_shot_run_config`` for what that leaves out)."""
+        return one_shot_run_config(lean_run_config(cfg) if self.lean else cfg, isolated=isolated)
 
     @staticmethod
     def _key(request: RunRequest) -> str:
-        return json.dumps([request.config.server_key(), request.data_home])
+        return json.dumps([request.config.server_key(), request.data_home, request.isolation != "none"])
 
     async def _acquire_retrying(self, request: RunRequest) -> _Slot:
         """A slot for ``request``; a server that fails to start is retried ``max_retries`` times."""
@@ -220,9 +223,10 @@ class ServerPool(Backend):
     async def _start(self, request: RunRequest, key: str) -> _Slot:
         server = ServerBase(
             binary=self._binary,
-            run_cfg=self.server_config(request.config),
+            run_cfg=self.server_config(request.config, isolated=request.isolation != "none"),
             isolate_db=self._isolate_db,
             data_home=request.data_home,
+            idle_instances=_IDLE_INSTANCES,
         )
         try:
             async with self._startup if self._startup is not None else contextlib.nullcontext():

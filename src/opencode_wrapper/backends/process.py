@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 
 from opencode_wrapper._aio import finish, wait_within
+from opencode_wrapper._lean import one_shot_run_config
 from opencode_wrapper._model.fold import Fold, diagnose_run
 from opencode_wrapper._model.outcome import RunResult
 from opencode_wrapper._model.run_error import RunError
@@ -220,7 +221,7 @@ class ProcessRun(RunHandle):
         async with owner.data_dir_slot(request.data_home), leased_tools(request.config) as cfg:
             argv = self.argv()
             prepared = prepare_environment(
-                cfg,
+                one_shot_run_config(cfg, isolated=request.isolation != "none"),
                 cwd=self.workspace,
                 private_data=owner.isolate_db,
                 data_home=request.data_home,
