@@ -339,10 +339,10 @@ class OpenCodeSession:
         files: Sequence[str | os.PathLike[str]] | None,
         output_schema: Any,
     ) -> RunRequest:
-        self._require_link()
+        # Bad arguments are named before anything else (even on a session not yet open).
         if run_cfg is not None:
             validate_config(run_cfg, allow_ask=True)
-        return RunRequest.create(
+        request = RunRequest.create(
             prompt,
             self._workspace,
             run_cfg=self._base_cfg.merged_with(run_cfg),
@@ -354,6 +354,8 @@ class OpenCodeSession:
             output_schema=output_schema,
             hooks=self._hooks,
         )
+        self._require_link()
+        return request
 
 
 class TurnStream:

@@ -107,9 +107,10 @@ CASES: list[tuple[str, Call, list[str]]] = [
     ("batch task not a task", lambda c: run_many(["do it"]), ["'do it'"]),  # type: ignore[list-item]
     ("batch prompt not str", lambda c: run_many([(b"x", c["ws"])]), ["b'x'"]),  # type: ignore[list-item]
     (
-        "batch ask in a task",
-        lambda c: run_many([Task("x", c["ws"], run_cfg=RunConfig(permission="ask"))]),
-        ["ask"],
+        # Warm backends take "ask" (nobody answers: rejected, as in a session); run mode cannot.
+        "batch ask in a task in run mode",
+        lambda c: run_many([Task("x", c["ws"], run_cfg=RunConfig(permission="ask"))], backend="run"),
+        ["'ask' is not supported"],
     ),
     (
         "batch cli_kwargs on servers",
@@ -127,7 +128,12 @@ CASES: list[tuple[str, Call, list[str]]] = [
         lambda c: _warm_run(c, run_cfg=RunConfig(cli_kwargs={"title": "t"})),
         ["cli_kwargs"],
     ),
-    ("warm run with data_home", lambda c: _warm_run(c, data_home=c["ws"]), ["data_home"]),
+    # Warm runs honour data_home now (a server per data dir); a data_home that is a file is still bad.
+    (
+        "warm run with a data_home that is a file",
+        lambda c: _warm_run(c, data_home=c["ws"] / "README.md"),
+        ["data_home"],
+    ),
     (
         "warm run unserialisable config",
         lambda c: _warm_run(c, run_cfg=RunConfig(config_overrides={"x": object()})),
