@@ -29,7 +29,6 @@ from opencode_wrapper._batch.types import (
 from opencode_wrapper._observers import EventCallback, notify
 from opencode_wrapper._validation import check_non_negative
 from opencode_wrapper.backends.base import Backend
-from opencode_wrapper.backends.pool import ServerPool
 from opencode_wrapper.backends.process import ProcessBackend
 from opencode_wrapper.backends.request import RunRequest
 from opencode_wrapper.backends.verify import DEFAULT_VERIFY_TIMEOUT_S as _DEFAULT_VERIFY_TIMEOUT_S
@@ -39,6 +38,7 @@ from opencode_wrapper.config import RunConfig
 from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.hooks import Hooks
 from opencode_wrapper.limits import Limits
+from opencode_wrapper.pool import ServerPool
 from opencode_wrapper.tracing import batch_span
 
 __all__ = [

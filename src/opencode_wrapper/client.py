@@ -21,10 +21,10 @@ from opencode_wrapper._proc.environment import build_env
 from opencode_wrapper._validation import check_non_negative
 from opencode_wrapper.backends.base import Backend, run_request, stream_request
 from opencode_wrapper.backends.handle import RunHandle
-from opencode_wrapper.backends.pool import ServerPool
 from opencode_wrapper.backends.process import ProcessBackend, build_argv
 from opencode_wrapper.backends.request import RunOptions, RunRequest
 from opencode_wrapper.errors import OpenCodeConfigError
+from opencode_wrapper.pool import ServerPool
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

@@ -14,7 +14,7 @@ import asyncio
 import os
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from opencode_wrapper._eventlog import EventLog
 from opencode_wrapper._model.event import Event
@@ -38,8 +38,14 @@ from opencode_wrapper.errors import OpenCodeConfigError, OpenCodeError
 from opencode_wrapper.hooks import Hooks
 from opencode_wrapper.results import aggregate_server_result
 
-if TYPE_CHECKING:
-    from opencode_wrapper.client import AsyncOpenCodeClient
+
+class _Client(Protocol):
+    """What a session needs of its :class:`~opencode_wrapper.AsyncOpenCodeClient`."""
+
+    @property
+    def isolate_db(self) -> bool: ...
+
+    def resolved_binary(self) -> str: ...
 
 __all__ = [
     "OpenCodeSession",
@@ -93,7 +99,7 @@ class OpenCodeSession:
 
     def __init__(
         self,
-        client: AsyncOpenCodeClient | None,
+        client: _Client | None,
         workspace: str | os.PathLike[str],
         *,
         run_cfg: RunConfig | None = None,

@@ -240,7 +240,7 @@ async def test_a_cancel_that_meets_an_event_is_not_swallowed_in_run_mode(
 ) -> None:
     import sys
 
-    from opencode_wrapper import client as client_module
+    from opencode_wrapper.backends import process as client_module
 
     fake = tmp_path / "opencode"
     fake.write_text(FAKE_OPENCODE.format(python=sys.executable), encoding="utf-8")
@@ -277,8 +277,8 @@ async def test_a_cancel_that_meets_an_event_is_not_swallowed_in_run_mode(
 
 
 async def test_a_cancel_that_meets_an_event_is_not_swallowed_in_a_session_turn() -> None:
-    from opencode_wrapper.events import make_event
     from opencode_wrapper._server.bus import Subscription as _Subscription
+    from opencode_wrapper.events import make_event
 
     sub = _Subscription("ses_a")
     waiting = asyncio.ensure_future(sub.get(60))

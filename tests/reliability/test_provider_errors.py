@@ -197,6 +197,8 @@ async def test_provider_errors_on_a_warm_server(
                     except OpenCodeTimeoutError as exc:
                         assert case.kind == "timeout", (case.name, exc)
                         result = exc.result
+                    except OpenCodeProcessError as exc:  # a provider error: raised, with the result
+                        result = exc.result
                 elapsed = time.monotonic() - started
                 figure = _check(case, result, provider, case.prompt)
                 if case.name == "connection refused" and case.kind == "timeout":

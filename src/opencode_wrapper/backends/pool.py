@@ -77,6 +77,9 @@ class ServerPool(Backend):
     """
 
     name = "pool"
+    #: The class of the servers it starts (the public ``opencode_wrapper.ServerPool`` starts
+    #: ``OpenCodeServer``s, so ``pool.servers[0].session(...)`` works).
+    server_class: type[ServerBase] = ServerBase
 
     def __init__(
         self,
@@ -221,7 +224,7 @@ class ServerPool(Backend):
             await self._changed.acquire()
 
     async def _start(self, request: RunRequest, key: str) -> _Slot:
-        server = ServerBase(
+        server = self.server_class(
             binary=self._binary,
             run_cfg=self.server_config(request.config, isolated=request.isolation != "none"),
             isolate_db=self._isolate_db,
