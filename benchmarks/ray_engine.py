@@ -145,11 +145,8 @@ async def main(args: argparse.Namespace) -> None:
                     binary=binary,
                 ).start()
 
-            rows = [
-                await measure("local", local, root, args, cfg),
-                await measure("ray-1", one_node, root, args, cfg),
-                await measure("ray-2", two_nodes, root, args, cfg),
-            ]
+            makers = {"local": local, "ray-1": one_node, "ray-2": two_nodes}
+            rows = [await measure(way, makers[way], root, args, cfg) for way in args.ways]
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -177,4 +174,10 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--servers", type=int, default=2, help="warm servers in all, for every way")
     parser.add_argument("--latency-tasks", type=int, default=5)
+    parser.add_argument(
+        "--ways",
+        type=lambda text: text.split(","),
+        default=["local", "ray-1", "ray-2"],
+        help="the order to measure them in (all three are needed for the ratios)",
+    )
     asyncio.run(main(parser.parse_args()))

