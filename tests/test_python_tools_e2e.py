@@ -39,7 +39,7 @@ FAST = {"snapshot": False, "agent": {"title": {"disable": True}}}
 TIMEOUT_S = 150.0
 # The timeout of the turn that must time out while the tool runs: long enough for a warm session
 # (its MCP connection already made by the turn before) to reach the call on a loaded machine.
-TURN_TIMEOUT_S = 8.0
+TURN_TIMEOUT_S = 10.0
 
 calls: list[tuple[str, dict[str, Any]]] = []
 
