@@ -10,10 +10,11 @@ keeps running after the call returns or is cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, Literal
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from typing import Any, Literal, cast
 
 from opencode_wrapper._batch.schedule import RetryPolicy, schedule
 from opencode_wrapper._batch.types import (
@@ -221,7 +222,7 @@ async def iter_run_many(
     try:
         # The batch's span is current only around each step of the scheduler (an async generator
         # runs in its consumer's context): runs nest under it, the caller's loop body does not.
-        async for outcome in batch_span(total=len(checked)).iterate(
+        scheduled = batch_span(total=len(checked)).iterate(
             schedule(
                 checked,
                 chosen,
@@ -230,8 +231,12 @@ async def iter_run_many(
                 on_progress=on_progress,
                 budget=budget,
             )
-        ):
-            yield outcome
+        )
+        # Closed here when this generator is (leaving the caller's loop), not once it is garbage
+        # collected: the running tasks have ended when the caller's aclose() returns.
+        async with contextlib.aclosing(cast("AsyncGenerator[TaskOutcome, None]", scheduled)):
+            async for outcome in scheduled:
+                yield outcome
     finally:
         if owned is not None:
             await owned.aclose()
