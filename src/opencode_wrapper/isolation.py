@@ -72,6 +72,7 @@ from opencode_wrapper._isolation.options import (
     repository_of,
     resolve_base,
 )
+from opencode_wrapper._isolation.processes import end_processes_in
 from opencode_wrapper._proc.cleanup import CleanupAction, RemoveGitWorktree, RemoveTree
 from opencode_wrapper._proc.guard import CleanupGuard
 from opencode_wrapper._proc.reaper import remove_git_worktree
@@ -305,6 +306,7 @@ class IsolatedWorkspace:
     async def close(self) -> Changes:
         """Measure the changes, then keep or remove the tree (per :attr:`keep`); return the changes.
 
+        Processes still working inside the tree (a tool the run left behind) are killed first.
         Idempotent (later calls return the same :class:`Changes`, or raise the same error).
         Always completes: a cancellation arriving meanwhile is raised afterwards, and
         :attr:`changes` is set all the same. If measuring fails, the tree is removed (kept with
@@ -320,6 +322,9 @@ class IsolatedWorkspace:
     async def _close(self) -> Changes:
         if self._removed:
             raise IsolationError(f"the isolated workspace {self.root} was discarded before close()")
+        # A tool of the run may still be working in the tree (see _isolation.processes): the
+        # changes are measured, and the tree kept or removed, once nothing writes into it.
+        await asyncio.to_thread(end_processes_in, str(self._scratch))
         try:
             measured = await self._measure()
         except BaseException:
@@ -358,6 +363,7 @@ class IsolatedWorkspace:
 
     async def _remove(self) -> None:
         if not self._removed:
+            await asyncio.to_thread(end_processes_in, str(self._scratch))
             if self.isolation == "worktree":
                 await asyncio.to_thread(
                     remove_git_worktree, str(self._repository), str(self.root), self.branch
