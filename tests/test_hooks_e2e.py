@@ -13,6 +13,7 @@ session, ``run_many``, run mode.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -396,3 +397,50 @@ async def test_run_mode_refuses_before_tool_before_anything_starts(
     message = str(refused.value)
     assert "Hooks(before_tool=...)" in message and "AsyncOpenCodeClient(warm_servers=True)" in message
     assert not spawned.exists(), spawned.read_text()  # not even `opencode --version` ran
+
+
+async def test_denying_one_of_parallel_calls_does_not_refuse_the_others(
+    opencode_binary: str, space: Path
+) -> None:
+    # opencode rejects every pending request of a session when one is rejected: the wrapper holds a
+    # rejection until the other calls of the step are decided.
+    from opencode_wrapper.testing import Reply
+
+    echo_asked, refusal_decided = asyncio.Event(), asyncio.Event()
+    both_pending: list[bool] = []
+
+    async def policy(use: ToolUse) -> bool | str:
+        if str(use.input.get("command")).startswith("rm"):
+            # Refuse only once the other call's request is waiting too: the case where opencode
+            # would reject it along with this one.
+            both_pending.append(await _within(echo_asked.wait(), 30))
+            refusal_decided.set()
+            return "No deleting; the other command is fine."
+        echo_asked.set()
+        await refusal_decided.wait()  # still undecided when the refusal is decided
+        return True
+
+    both = Reply.tool_calls(
+        ("bash", {"command": "rm -rf nothing", "description": "delete"}),
+        ("bash", {"command": "echo parallel-ok", "description": "echo"}),
+    )
+    hooks = Hooks(before_tool=[("bash", policy)])
+    with OfflineModelServer(script=[both, "Both handled."]) as scripted:
+        async with AsyncOpenCodeClient(opencode_binary, warm_servers=True) as warm:
+            result = await warm.async_run("two at once", space, run_cfg=scripted.run_config(), hooks=hooks)
+    assert both_pending == [True], "opencode asked for the two calls one after the other"
+    assert result.ok, result.error
+    by_command = {str(call.input.get("command")): call for call in result.tool_calls}
+    assert by_command["echo parallel-ok"].status == "completed"
+    assert by_command["echo parallel-ok"].output == "parallel-ok\n"
+    refused = by_command["rm -rf nothing"]
+    assert refused.status == "error" and "No deleting" in (refused.error or "")
+    assert result.final_text == "Both handled."
+
+
+async def _within(waiting: Any, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(waiting, seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True

@@ -102,6 +102,11 @@ class Turn:
         self.sub: Subscription | None = None
         self.sent_model = False
         self.abort_requested = False
+        # opencode rejects every pending request of a session when one is rejected: a rejection
+        # waits until the other requests (parallel tool calls) are decided and their answers sent.
+        self._deciding = 0
+        self._all_decided = asyncio.Event()
+        self._all_decided.set()
         self._early: RunError | None = None
         self._failure: RunError | None = None
         self._stderr = ""
@@ -213,6 +218,8 @@ class Turn:
             return
         self.fold.add(event)
         if event.type == "permission.asked":
+            self._deciding += 1
+            self._all_decided.clear()
             self._spawn(self._answer_permission(dict(event.properties)))
         elif event.type == "question.asked":
             self._spawn(self._answer_question(dict(event.properties)))
@@ -325,13 +332,31 @@ class Turn:
         return None, None
 
     async def _answer_permission(self, request: dict[str, Any]) -> None:
+        decided = False
+        try:
+            decision, message = await self._permission_decision(request)
+            decided = True
+            self._decided()
+            if decision == "reject":
+                await self._all_decided.wait()
+            await self._send_permission_reply(request, decision, message)
+        finally:
+            if not decided:
+                self._decided()
+
+    def _decided(self) -> None:
+        self._deciding -= 1
+        if self._deciding <= 0:
+            self._all_decided.set()
+
+    async def _permission_decision(self, request: dict[str, Any]) -> tuple[str, str | None]:
+        """``(reply, message)`` for a permission request: the hooks, your map, then ``on_permission``."""
         decision: str = "reject"
         message: str | None = None
         if self.hooks is not None:
             verdict, message = await self._hooks_verdict(request)
             if verdict is not None:
-                await self._send_permission_reply(request, verdict, message)
-                return
+                return verdict, message
             patterns = request.get("patterns")
             own = user_permission_action(
                 self.user_permission,
@@ -339,8 +364,7 @@ class Turn:
                 [str(p) for p in patterns] if isinstance(patterns, list) else [],
             )
             if own != "ask":  # the hooks asked opencode to ask; your own map said allow (or deny)
-                await self._send_permission_reply(request, "once" if own == "allow" else "reject", None)
-                return
+                return ("once" if own == "allow" else "reject"), None
         if self.on_permission is not None:
             value, problem = await self._ask("on_permission", self.on_permission, dict(request))
             if problem is None:
@@ -350,7 +374,7 @@ class Turn:
                     problem = str(exc)
             if problem is not None:
                 self._callback_failed("on_permission", problem, request)
-        await self._send_permission_reply(request, decision, message)
+        return decision, message
 
     async def _send_permission_reply(
         self, request: dict[str, Any], decision: str, message: str | None
