@@ -2,7 +2,7 @@
 
 ``python tests/_ray_driver.py ADDRESS NODE_ID CONFIG.pickle WORKSPACE HOW``: connects to the
 cluster, starts a ``RayEngine`` on that one node and one run whose bash tool sleeps, prints
-``{"agent_pid": ...}`` once the tool runs, then reads a line from stdin and ends as ``HOW`` says:
+``AGENT {"agent_pid": ...}`` once the tool runs, then reads a line from stdin and ends as ``HOW`` says:
 
 * ``shutdown``: ``ray.shutdown()`` without closing the engine, then exits at once;
 * ``killed``: nothing; the test SIGKILLs this process.
@@ -21,6 +21,8 @@ import ray
 from opencode_wrapper.backends.request import RunRequest
 from opencode_wrapper.ray import RayEngine
 
+MARK = "AGENT "
+
 
 async def main() -> None:
     address, node_id, config_path, workspace, how = sys.argv[1:]
@@ -33,7 +35,8 @@ async def main() -> None:
         tool = event.tool
         if tool is not None and tool.status == "running":
             break
-    print(json.dumps({"agent_pid": engine.nodes[0]["pid"]}), flush=True)
+    # Ray prints its own notices on stdout too: the line is marked.
+    print(MARK + json.dumps({"agent_pid": engine.nodes[0]["pid"]}), flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     if how == "shutdown":
         ray.shutdown()
