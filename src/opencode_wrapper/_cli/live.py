@@ -16,7 +16,7 @@ from opencode_wrapper._cli.agents import AgentRow, Board, short_path
 from opencode_wrapper._cli.output import Output
 from opencode_wrapper._cli.render import status_style, tool_summary
 from opencode_wrapper.batch import Task, TaskOutcome
-from opencode_wrapper.events import Event
+from opencode_wrapper.events import Event, RunError
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 #: Redraws per second of the live view.
 REFRESH_PER_SECOND = 4
+_STATE_STYLES = {"running": "yellow", "retrying": "yellow", "verifying": "cyan"}
 
 
 class BatchView(Protocol):
@@ -39,6 +40,8 @@ class BatchView(Protocol):
     def task_started(self, index: int, task: Task) -> None: ...
 
     def task_event(self, index: int, event: Event) -> None: ...
+
+    def task_attempt(self, index: int, number: int, previous: RunError | None) -> None: ...
 
     def task_finished(self, outcome: TaskOutcome) -> None: ...
 
@@ -57,8 +60,27 @@ def format_elapsed(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def state_text(row: AgentRow) -> str:
+    """What a row is doing, with its try when it is not the first: ``thinking (try 2)``."""
+    return row.state if row.attempt <= 1 else f"{row.state} (try {row.attempt})"
+
+
+def retry_text(row: AgentRow, number: int, previous: RunError | None) -> Text:
+    """``retry  api            try 2 after api_error (HTTP 425): too early``."""
+    from rich.text import Text
+
+    text = Text()
+    text.append("retry  ", "bold yellow")
+    text.append(f"{row.label:<14} ", "bold")
+    text.append(f"try {number}")
+    if previous is not None:
+        text.append(f" after {previous}", "yellow")
+    return text
+
+
 def finished_text(row: AgentRow, outcome: TaskOutcome, board: Board) -> Text:
-    """``ok     api   0:03  25 tokens  $0.0000  bash   (2/3)`` or the failure's reason."""
+    """``ok     api   0:03  25 tokens  $0.0000  tools: bash  verified  2 tries  (2/3)`` or the
+    failure's reason."""
     from rich.text import Text
 
     result = outcome.result
@@ -73,6 +95,12 @@ def finished_text(row: AgentRow, outcome: TaskOutcome, board: Board) -> Text:
     text.append(f"{format_elapsed(outcome.elapsed_s):>6}  {row.tokens:>7,} tokens  ${row.cost:.4f}")
     if tools:
         text.append(f"  tools: {', '.join(tools)}", "cyan")
+    if outcome.verified is True:
+        text.append("  verified", "green")
+    elif outcome.verified is False:
+        text.append("  verify failed", "red")
+    if len(outcome.attempts) > 1:
+        text.append(f"  {len(outcome.attempts)} tries", "yellow")
     if not outcome.ok and outcome.error is not None:
         text.append(f"  {outcome.error}", "red")
     text.append(f"  {counts}", "dim")
@@ -112,6 +140,11 @@ class PlainView:
             self.out.line(
                 f"tool   {row.label:<14} {part.tool} {status}" + (f": {summary}" if summary else "")
             )
+
+    def task_attempt(self, index: int, number: int, previous: RunError | None) -> None:
+        row = self.board.attempt(index, number)
+        if row is not None:
+            self.out.line(retry_text(row, number, previous))
 
     def task_finished(self, outcome: TaskOutcome) -> None:
         row = self.board.finish(outcome)
@@ -167,6 +200,11 @@ class LiveView:
     def task_event(self, index: int, event: Event) -> None:
         self.board.event(index, event)
 
+    def task_attempt(self, index: int, number: int, previous: RunError | None) -> None:
+        row = self.board.attempt(index, number)
+        if row is not None:
+            self.out.console.print(retry_text(row, number, previous))
+
     def task_finished(self, outcome: TaskOutcome) -> None:
         row = self.board.finish(outcome)
         self.out.console.print(finished_text(row, outcome, self.board))
@@ -208,7 +246,7 @@ def render_board(board: Board, *, max_rows: int = 40) -> RenderableType:
             tool,
             f"{row.tokens:,}",
             f"${row.cost:.4f}",
-            Text(row.state, "yellow" if row.state.startswith("running") else ""),
+            Text(state_text(row), _STATE_STYLES.get(row.state.split(" ", 1)[0], "")),
         )
     if len(rows) > max_rows:
         table.add_row("", f"... {len(rows) - max_rows} more", "", "", "", "", "", "")

@@ -1,4 +1,5 @@
-"""Reading a batch's tasks: one JSON object per line (``prompt``, ``workspace``, run options, ``RunConfig`` fields)."""
+"""Reading a batch's tasks: one JSON object per line (``prompt``, ``workspace``, run options and
+``RunConfig`` fields)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class TaskDefaults:
 
     isolation: str | None = None
     keep: str | None = None
+    base: str | None = None
     verify: str | None = None
     verify_timeout_s: float | None = None
     retries: int | None = None
