@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from fakes.opencode import FakeOpenCode, write_script
-from opencode_wrapper import OpenCodeBinaryNotFoundError, OpenCodeVersionError, install_opencode, resolve_binary
+from opencode_wrapper import (
+    OpenCodeBinaryNotFoundError,
+    OpenCodeVersionError,
+    install_opencode,
+    resolve_binary,
+)
 from opencode_wrapper import __main__ as cli
 from opencode_wrapper._proc.binary import (
     binary_version,
@@ -192,7 +197,9 @@ def test_untested_version_warns_once(tmp_path: Path, version: str) -> None:
 @pytest.mark.parametrize("version", ["2.0.1", "2.1.0", "1.17.9"])
 def test_unsupported_version_is_refused_naming_the_range(tmp_path: Path, version: str) -> None:
     binary = str(_fake(tmp_path / "unsupported", version))
-    with pytest.raises(OpenCodeVersionError, match=rf"opencode {version} .* is not supported.*>=1\.18\.0, <2\.0\.0"):
+    with pytest.raises(
+        OpenCodeVersionError, match=rf"opencode {version} .* is not supported.*>=1\.18\.0, <2\.0\.0"
+    ):
         check_version(binary)
     # A version error is a "no usable opencode" error: code that catches that keeps working.
     assert issubclass(OpenCodeVersionError, OpenCodeBinaryNotFoundError)

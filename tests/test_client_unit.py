@@ -232,7 +232,11 @@ BAD_RUN_ARGS: list[tuple[str, dict[str, Any], str]] = [
     ("model-no-provider", {"run_cfg": RunConfig(model="/m1")}, "'/m1'"),
     ("model-nul", {"run_cfg": RunConfig(model="fake/m\x00")}, "'fake/m\\x00'"),
     ("agent-empty", {"run_cfg": RunConfig(agent="")}, "agent must be a non-empty string or None, got ''"),
-    ("permission-ask", {"run_cfg": RunConfig(permission={"bash": "ask"})}, "'ask' is not supported in run mode at 'bash'"),
+    (
+        "permission-ask",
+        {"run_cfg": RunConfig(permission={"bash": "ask"})},
+        "'ask' is not supported in run mode at 'bash'",
+    ),
     ("permission-typo", {"run_cfg": RunConfig(permission={"edit": "alow"})}, "'alow' at 'edit'"),
     ("extra-env-int", {"run_cfg": RunConfig(extra_env={"PORT": 1})}, "'PORT'=int"),  # type: ignore[dict-item]
     ("extra-env-nul", {"run_cfg": RunConfig(extra_env={"K": "a\x00"})}, "'K'"),
@@ -624,7 +628,9 @@ def test_exit_status_classification(tmp_path: Path, exit_code: int, expected: ty
 
 
 def test_exit_0_raises_nothing(tmp_path: Path) -> None:
-    result = _finished_run(tmp_path, 0, E.line(E.step_start()), E.line(E.text("hi")), E.line(E.step_finish()))._partial()
+    result = _finished_run(
+        tmp_path, 0, E.line(E.step_start()), E.line(E.text("hi")), E.line(E.step_finish())
+    )._partial()
     assert result.ok and exception_for(result) is None
 
 

@@ -31,8 +31,8 @@ from opencode_wrapper import (
     run_result_fuzzy_text,
 )
 from opencode_wrapper._eventlog import EventLog
-from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper._model.fold import parse_auto_rejections
+from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.events import make_event
 
 

@@ -45,7 +45,9 @@ async def test_a_server_disposes_idle_instances_and_stays_usable(
 ) -> None:
     spaces = [make_workspace(f"ws{i}") for i in range(3)]
     with OfflineModelServer() as model:
-        async with OpenCodeServer(run_cfg=model.run_config().merged_with(RunConfig()), idle_instances=1) as server:
+        async with OpenCodeServer(
+            run_cfg=model.run_config().merged_with(RunConfig()), idle_instances=1
+        ) as server:
             for number, space in enumerate(spaces):
                 assert (await server.run(f"[[say: in {number}]]", space)).final_text == f"in {number}"
             disposed = server.instances.disposed

@@ -25,8 +25,13 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from opencode_wrapper import OpenCodeProcessError, OpenCodeServerError, OpenCodeTimeoutError, RunConfig
-from opencode_wrapper import PermissionReply
+from opencode_wrapper import (
+    OpenCodeProcessError,
+    OpenCodeServerError,
+    OpenCodeTimeoutError,
+    PermissionReply,
+    RunConfig,
+)
 from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.server import OpenCodeServer
 from opencode_wrapper.testing import OfflineModelServer

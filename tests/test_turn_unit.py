@@ -12,12 +12,17 @@ from typing import Any
 
 import pytest
 
-from opencode_wrapper._turn.callbacks import PermissionReply, check_callback, read_answers, read_permission_reply
+from opencode_wrapper._turn.callbacks import (
+    PermissionReply,
+    check_callback,
+    read_answers,
+    read_permission_reply,
+)
 from opencode_wrapper._turn.structured import structured_spec
 from opencode_wrapper._turn.tracker import TurnTracker, format_message_id, new_message_id
-from opencode_wrapper.results import aggregate_server_result
 from opencode_wrapper.errors import OpenCodeConfigError
 from opencode_wrapper.events import Event, make_event
+from opencode_wrapper.results import aggregate_server_result
 
 SID = "ses_test"
 MID = "msg_000000000002AAAAAAAAAAAAAA"

@@ -47,6 +47,7 @@ class _Client(Protocol):
 
     def resolved_binary(self) -> str: ...
 
+
 __all__ = [
     "OpenCodeSession",
     "PermissionCallback",
