@@ -83,12 +83,16 @@ async def run_request(backend: Backend, request: RunRequest) -> RunResult:
     return raise_for_run(result)
 
 
-async def stream_request(backend: Backend, request: RunRequest) -> AsyncIterator[Event]:
-    """Open and yield the events; after the last one, raise as the run entry points do.
+def stream_request(backend: Backend, request: RunRequest) -> AsyncIterator[Event]:
+    """Open (checking the request now) and return the events; after the last one, raise as the
+    run entry points do.
 
     Leaving the loop early ends the run (``contextlib.aclosing`` makes that immediate).
     """
-    handle = backend.open(request)
+    return _events_then_policy(backend.open(request))
+
+
+async def _events_then_policy(handle: RunHandle) -> AsyncIterator[Event]:
     async with handle:
         async for event in handle:
             yield event
