@@ -29,6 +29,9 @@ from opencode_wrapper.backends.request import RunRequest
 from opencode_wrapper.batch import Task, TaskOutcome, error_for_exception
 from opencode_wrapper.config import RunConfig
 from opencode_wrapper.errors import (
+    ApplyConflictError,
+    ApplyError,
+    IsolationError,
     OpenCodeBinaryNotFoundError,
     OpenCodeCancelledError,
     OpenCodeError,
@@ -177,6 +180,15 @@ BUILDERS: dict[str, Callable[[Path], BaseException]] = {
     ),
     "OpenCodeTimeoutError": lambda _: _for(
         server_result(RunError(kind="timeout", message="no result within 2.5 s", detail={"timeout_s": 2.5}))
+    ),
+    "IsolationError": lambda _: IsolationError(
+        "could not create a worktree of /repo", stderr="fatal: not a git repository\n"
+    ),
+    "ApplyError": lambda tmp: ApplyError(
+        "the changes do not apply", stderr="error: patch failed: a.txt:1\n", target=str(tmp)
+    ),
+    "ApplyConflictError": lambda tmp: ApplyConflictError(
+        "the changes applied with conflicts", stderr="", target=str(tmp), conflicts=("a.txt", "b/c.py")
     ),
     "OpenCodeCancelledError": lambda _: OpenCodeCancelledError(
         "the task was cancelled",

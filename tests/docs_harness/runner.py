@@ -117,7 +117,10 @@ def run_python(example: Example, base_url: str, root: Path, timeout_s: float) ->
     program = sandbox.root / "example.py"
     program.write_text(example.source(), encoding="utf-8")
     argv = [sys.executable, "-c", _BOOTSTRAP, str(program), str(example.path)]
-    outcome, _ = _run_process(argv, sandbox, timeout_s, ident=example.id, kind="python")
+    try:
+        outcome, _ = _run_process(argv, sandbox, timeout_s, ident=example.id, kind="python")
+    finally:
+        sandbox.remove_tmp()
     return outcome
 
 
@@ -146,6 +149,15 @@ def run_console(block: Block, base_url: str, root: Path, timeout_s: float) -> Ou
     commands = console_commands(block.code)
     models = set().union(*(models_in(cmd) for cmd, _ in commands)) if commands else set()
     sandbox = make_sandbox(root, tag=uuid.uuid4().hex, base_url=base_url, models=models)
+    try:
+        return _run_commands(block, commands, sandbox, timeout_s)
+    finally:
+        sandbox.remove_tmp()
+
+
+def _run_commands(
+    block: Block, commands: Sequence[tuple[str, Sequence[str]]], sandbox: Sandbox, timeout_s: float
+) -> Outcome:
     total = Outcome(block.id, "console", "passed", 0.0)
     for index, (command, expected) in enumerate(commands):
         outcome, output = _run_process(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,11 @@ class Sandbox:
     workspace: Path
     env: dict[str, str]
     tag: str
+    tmp: Path
+
+    def remove_tmp(self) -> None:
+        """Remove the example's temporary folder (it lives outside ``root``, see make_sandbox)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def provider_entry(base_url: str, model_ids: Iterable[str], provider_id: str) -> dict[str, Any]:
@@ -95,8 +102,10 @@ def make_sandbox(
     """Create ``root`` with a scratch repository, a private home and the provider config."""
     root.mkdir(parents=True)
     workspace = make_scratch_repo(root / "ws")
-    home, config, tmp = root / "home", root / "config", root / "tmp"
-    for folder in (home, config / "opencode", tmp):
+    home, config = root / "home", root / "config"
+    # A short TMPDIR: Ray puts its AF_UNIX sockets there, and their paths may not exceed 107 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="ocw-ex-", dir="/tmp"))
+    for folder in (home, config / "opencode"):
         folder.mkdir(parents=True)
     (config / "opencode" / "opencode.json").write_text(
         json.dumps(global_config(base_url, models), indent=2), encoding="utf-8"
@@ -123,4 +132,4 @@ def make_sandbox(
             TAG_ENV: tag,
         }
     )
-    return Sandbox(root, workspace, env, tag)
+    return Sandbox(root, workspace, env, tag, tmp)

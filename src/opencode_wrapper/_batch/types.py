@@ -218,3 +218,7 @@ class Budget:
 ProgressCallback = Callable[[Progress], Awaitable[None] | None]
 #: ``on_event(task_index, event)``: each typed event of each task as it arrives.
 TaskEventCallback = Callable[[int, Event], None]
+
+# Shown (and pickled) under the public module that exports them: outcomes cross worker processes.
+for _exported in (Budget, Progress, Task, TaskOutcome):
+    _exported.__module__ = "opencode_wrapper.batch"

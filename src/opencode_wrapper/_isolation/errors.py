@@ -62,3 +62,8 @@ class ApplyConflictError(ApplyError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message, self.stderr, self.target, self.conflicts))
+
+
+# Shown (and pickled) under the public module that lists every exception.
+for _exported in (IsolationError, ApplyError, ApplyConflictError):
+    _exported.__module__ = "opencode_wrapper.errors"

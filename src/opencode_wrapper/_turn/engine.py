@@ -332,16 +332,18 @@ class Turn:
         return None, None
 
     async def _answer_permission(self, request: dict[str, Any]) -> None:
-        decided = False
+        settled = False
         try:
             decision, message = await self._permission_decision(request)
-            decided = True
-            self._decided()
             if decision == "reject":
+                # Settled as far as the others are concerned: two rejections must not wait
+                # for each other. Any other answer counts only once opencode has it.
+                settled = True
+                self._decided()
                 await self._all_decided.wait()
             await self._send_permission_reply(request, decision, message)
         finally:
-            if not decided:
+            if not settled:
                 self._decided()
 
     def _decided(self) -> None:
