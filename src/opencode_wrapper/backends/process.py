@@ -221,7 +221,7 @@ class ProcessRun(RunHandle):
         async with owner.data_dir_slot(request.data_home), leased_tools(request.config) as cfg:
             argv = self.argv()
             prepared = prepare_environment(
-                one_shot_run_config(cfg, isolated=request.isolation != "none"),
+                one_shot_run_config(cfg, isolated=request.isolation != "none", workspace=self.workspace),
                 cwd=self.workspace,
                 private_data=owner.isolate_db,
                 data_home=request.data_home,

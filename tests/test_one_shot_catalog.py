@@ -1,0 +1,110 @@
+"""A one-shot ``opencode run`` skips the models catalog exactly when nothing could use it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from opencode_wrapper import AsyncOpenCodeClient, RunConfig
+from opencode_wrapper._lean import (
+    MODELS_PATH_ENV,
+    empty_models_catalog,
+    needs_no_catalog,
+    one_shot_run_config,
+)
+from opencode_wrapper.testing import OfflineModelServer
+
+DECLARED = {"provider": {"mine": {"npm": "@ai-sdk/openai-compatible", "models": {"m1": {}, "m2": {}}}}}
+
+
+def _cfg(**fields: object) -> RunConfig:
+    fields.setdefault("config_overrides", DECLARED)
+    return RunConfig(model="mine/m1", **fields)  # type: ignore[arg-type]
+
+
+def test_a_declared_model_in_a_plain_folder_needs_no_catalog(tmp_path: Path) -> None:
+    assert needs_no_catalog(_cfg(), tmp_path)
+    env = one_shot_run_config(_cfg(), workspace=tmp_path).extra_env or {}
+    assert env[MODELS_PATH_ENV] == str(empty_models_catalog())
+    assert empty_models_catalog().read_text(encoding="utf-8").strip() == "{}"
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        RunConfig(model="anthropic/claude-sonnet-4-5"),  # a catalog model
+        RunConfig(),  # opencode picks the model
+        _cfg(inherit_user_config=True),  # the user's config may name any model
+        _cfg(config_overrides={**DECLARED, "small_model": "anthropic/claude-haiku-4-5"}),
+        _cfg(config_overrides={**DECLARED, "agent": {"review": {"model": "openai/gpt-5"}}}),
+        _cfg(extra_env={"OPENCODE_CONFIG": "/etc/more.json"}),
+        _cfg(extra_env={"OPENCODE_CONFIG_DIR": "/etc/opencode"}),
+        # A built-in provider's model declared for its options: its SDK comes from the catalog.
+        RunConfig(
+            model="anthropic/claude-sonnet-4-5",
+            config_overrides={"provider": {"anthropic": {"models": {"claude-sonnet-4-5": {}}}}},
+        ),
+    ],
+    ids=[
+        "catalog-model",
+        "no-model",
+        "inherited",
+        "small-model",
+        "agent-model",
+        "config-env",
+        "config-dir",
+        "sdk-from-catalog",
+    ],
+)
+def test_anything_that_could_use_the_catalog_keeps_it(cfg: RunConfig, tmp_path: Path) -> None:
+    assert not needs_no_catalog(cfg, tmp_path)
+    env = one_shot_run_config(cfg, workspace=tmp_path).extra_env or {}
+    assert env.get(MODELS_PATH_ENV) == (cfg.extra_env or {}).get(MODELS_PATH_ENV)
+
+
+def test_declared_agent_models_need_no_catalog(tmp_path: Path) -> None:
+    cfg = _cfg(config_overrides={**DECLARED, "agent": {"review": {"model": "mine/m2"}}})
+    assert needs_no_catalog(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["opencode.json", "opencode.jsonc", ".opencode"])
+def test_a_project_config_in_the_folder_or_above_keeps_the_catalog(tmp_path: Path, name: str) -> None:
+    nested = tmp_path / "repo" / "src"
+    nested.mkdir(parents=True)
+    assert needs_no_catalog(_cfg(), nested)
+    target = tmp_path / "repo" / name
+    target.mkdir() if name.startswith(".") else target.write_text("{}", encoding="utf-8")
+    assert not needs_no_catalog(_cfg(), nested)
+    assert not needs_no_catalog(_cfg(), tmp_path / "repo")
+
+
+def test_your_own_catalog_file_wins(tmp_path: Path) -> None:
+    mine = str(tmp_path / "models.json")
+    cfg = _cfg(extra_env={MODELS_PATH_ENV: mine})
+    assert (one_shot_run_config(cfg, workspace=tmp_path).extra_env or {})[MODELS_PATH_ENV] == mine
+
+
+def test_servers_keep_the_catalog(tmp_path: Path) -> None:
+    # A server's sessions may name any model per turn: only a run whose workspace is known skips it.
+    assert MODELS_PATH_ENV not in (one_shot_run_config(_cfg()).extra_env or {})
+
+
+# --- end to end: what the real opencode run was given, seen from its bash tool -------------------------
+
+ECHO = '[[bash: echo "catalog=${OPENCODE_MODELS_PATH:-full}"]]'
+
+
+@pytest.mark.e2e
+async def test_a_run_skips_the_catalog_unless_the_project_has_a_config(
+    opencode_binary: str, workspace: Path, tmp_path: Path
+) -> None:
+    with OfflineModelServer() as model:
+        cfg = model.run_config(permission={"bash": "allow"})
+        client = AsyncOpenCodeClient(opencode_binary)
+        plain = await client.async_run(ECHO, workspace, run_cfg=cfg, timeout_s=120)
+        (workspace / "opencode.json").write_text('{"$schema": "https://opencode.ai/config.json"}\n')
+        with_project = await client.async_run(ECHO, workspace, run_cfg=cfg, timeout_s=120)
+    assert plain.ok and with_project.ok, (plain.error, with_project.error)
+    assert (plain.tool_calls[0].output or "").strip() == f"catalog={empty_models_catalog()}"
+    assert (with_project.tool_calls[0].output or "").strip() == "catalog=full"
