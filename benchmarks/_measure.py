@@ -117,28 +117,69 @@ def tree(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-class TreeSampler:
-    """Samples the summed RSS of a process and all its descendants on a thread; keeps the peak."""
+def tree_rss(procs: Sequence[psutil.Process]) -> int:
+    """The summed RSS of ``procs``, counting a child that is still a copy of its parent once.
 
-    def __init__(self, pid: int, interval_s: float = 0.1) -> None:
+    opencode (Bun) starts every tool and ``git`` process by forking itself: until the child
+    execs, it has the parent's command line and an RSS as large as the parent's, but its pages
+    are the parent's (copy-on-write), so adding them would count the server twice. On a busy
+    machine such a child lives long enough to be sampled, at random: it is left out of the sum.
+    """
+    cmdlines: dict[int, tuple[int, list[str]]] = {}
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            cmdlines[p.pid] = (p.ppid(), p.cmdline())
+    total = 0
+    for p in procs:
+        ppid, cmdline = cmdlines.get(p.pid, (0, []))
+        parent = cmdlines.get(ppid)
+        if parent is not None and parent[1] == cmdline:
+            continue
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+class TreeSampler:
+    """Samples the summed RSS of a process and all its descendants on a thread; keeps the peak.
+
+    ``exclude``: PIDs whose subtrees are left out (e.g. a model process started by the same
+    parent). ``series``: every sample as ``(monotonic time, bytes)`` when ``keep_series``.
+    """
+
+    def __init__(
+        self, pid: int, interval_s: float = 0.1, *, exclude: Iterable[int] = (), keep_series: bool = False
+    ) -> None:
         self.proc = psutil.Process(pid)
         self.interval_s = interval_s
+        self.exclude = set(exclude)
+        self.keep_series = keep_series
+        self.series: list[tuple[float, int]] = []
         self.peak_bytes = 0
         self.peak_procs = 0
+        self.last_bytes = 0
         self.seen: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-sampler", daemon=True)
 
+    def sample(self) -> int:
+        skip = set(self.exclude)
+        for pid in self.exclude:
+            with contextlib.suppress(psutil.Error):
+                skip.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+        procs = [p for p in tree(self.proc) if p.pid not in skip]
+        self.seen.update(p.pid for p in procs)
+        total = tree_rss(procs)
+        self.last_bytes = total
+        self.peak_bytes = max(self.peak_bytes, total)
+        self.peak_procs = max(self.peak_procs, len(procs))
+        if self.keep_series:
+            self.series.append((time.monotonic(), total))
+        return total
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = 0
-            procs = tree(self.proc)
-            for p in procs:
-                self.seen.add(p.pid)
-                with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-            self.peak_bytes = max(self.peak_bytes, total)
-            self.peak_procs = max(self.peak_procs, len(procs))
+            self.sample()
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> TreeSampler:
@@ -246,11 +287,13 @@ def announced_url(popen: subprocess.Popen[bytes], stderr_path: Path, timeout_s: 
 class BareServe:
     """One ``opencode serve`` started by hand: private XDG dirs, basic auth, its own process group.
 
-    No library code is involved. ``config`` becomes ``OPENCODE_CONFIG_CONTENT``.
+    No library code is involved. ``config`` becomes ``OPENCODE_CONFIG_CONTENT``; ``extra_env`` is
+    added to the server's environment.
     """
 
     binary: Path
     config: Mapping[str, Any]
+    extra_env: Mapping[str, str] = field(default_factory=dict)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     url: str = ""
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-serve-")))
@@ -262,6 +305,7 @@ class BareServe:
 
     def start(self, timeout_s: float = 120.0) -> str:
         env = isolated_env(self.root, self.config)
+        env.update(self.extra_env)
         env["OPENCODE_SERVER_PASSWORD"] = self.password
         self._stderr = (self.root / "serve.stderr").open("wb")
         self.popen = subprocess.Popen(
