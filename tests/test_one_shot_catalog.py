@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from opencode_wrapper._lean import (
     needs_no_catalog,
     one_shot_run_config,
 )
-from opencode_wrapper.testing import OfflineModelServer
+from opencode_wrapper._proc.environment import user_providers
+from opencode_wrapper.testing import MODEL, OfflineModelServer, provider_config
 
 DECLARED = {"provider": {"mine": {"npm": "@ai-sdk/openai-compatible", "models": {"m1": {}, "m2": {}}}}}
 
@@ -85,6 +87,23 @@ def test_your_own_catalog_file_wins(tmp_path: Path) -> None:
     assert (one_shot_run_config(cfg, workspace=tmp_path).extra_env or {})[MODELS_PATH_ENV] == mine
 
 
+def test_providers_of_your_global_config_count_as_declared(tmp_path: Path) -> None:
+    config_home = tmp_path / "xdg"
+    (config_home / "opencode").mkdir(parents=True)
+    (config_home / "opencode" / "opencode.jsonc").write_text(
+        '// mine\n{"provider": ' + json.dumps(DECLARED["provider"]) + ', "model": "x/y"}\n', encoding="utf-8"
+    )
+    (tmp_path / "home" / ".opencode").mkdir(parents=True)
+    (tmp_path / "home" / ".opencode" / "opencode.json").write_text("not json", encoding="utf-8")
+    env = {"XDG_CONFIG_HOME": str(config_home), "HOME": str(tmp_path / "home")}
+    found = user_providers(env)
+    assert found == DECLARED["provider"]  # the unreadable file counts as empty
+    bare = RunConfig(model="mine/m2")
+    assert not needs_no_catalog(bare, tmp_path / "xdg")
+    assert needs_no_catalog(bare, tmp_path / "xdg", found)
+    assert not needs_no_catalog(RunConfig(model="mine/m3"), tmp_path / "xdg", found)  # not declared
+
+
 def test_servers_keep_the_catalog(tmp_path: Path) -> None:
     # A server's sessions may name any model per turn: only a run whose workspace is known skips it.
     assert MODELS_PATH_ENV not in (one_shot_run_config(_cfg()).extra_env or {})
@@ -108,3 +127,20 @@ async def test_a_run_skips_the_catalog_unless_the_project_has_a_config(
     assert plain.ok and with_project.ok, (plain.error, with_project.error)
     assert (plain.tool_calls[0].output or "").strip() == f"catalog={empty_models_catalog()}"
     assert (with_project.tool_calls[0].output or "").strip() == "catalog=full"
+
+
+@pytest.mark.e2e
+async def test_a_model_declared_in_your_global_config_skips_the_catalog_too(
+    opencode_binary: str, workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OfflineModelServer() as model:
+        config_home = tmp_path / "user-config"
+        (config_home / "opencode").mkdir(parents=True)
+        (config_home / "opencode" / "opencode.json").write_text(json.dumps(provider_config(model.url)))
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
+        cfg = RunConfig(model=MODEL, permission={"bash": "allow"})  # declares nothing itself
+        result = await AsyncOpenCodeClient(opencode_binary).async_run(
+            ECHO, workspace, run_cfg=cfg, timeout_s=120
+        )
+    assert result.ok, result.error
+    assert (result.tool_calls[0].output or "").strip() == f"catalog={empty_models_catalog()}"

@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -205,21 +205,27 @@ def _sdk_declared(config: dict[str, Any], model: str) -> bool:
     return isinstance(entry.get("npm"), str) and bool(entry["npm"])
 
 
-def needs_no_catalog(cfg: RunConfig, workspace: str | os.PathLike[str]) -> bool:
-    """Whether every model a run of ``cfg`` in ``workspace`` can use is declared in ``cfg``
-    (under ``provider.<id>.models``, the provider with its ``npm`` SDK package).
+def needs_no_catalog(
+    cfg: RunConfig,
+    workspace: str | os.PathLike[str],
+    user_providers: Mapping[str, Any] | None = None,
+) -> bool:
+    """Whether every model a run of ``cfg`` in ``workspace`` can use is declared (under
+    ``provider.<id>.models``, the provider with its ``npm`` SDK package) in ``cfg`` or in
+    ``user_providers`` (the ``provider`` section of the user's global config, which a run keeps).
 
     Then opencode's models.dev catalog (~8,300 models, processed at every start) serves nothing.
     It does when the user's own config is inherited, when the environment hands opencode more
     config, when ``cfg`` names a model (for an agent, ``small_model``) it does not declare, or when
     the workspace or a folder above it has a project config (``opencode.json``, ``.opencode/``).
     """
-    if not model_is_declared(cfg) or cfg.inherit_user_config:
+    if not cfg.model or cfg.inherit_user_config:
         return False
     if any(name in (cfg.extra_env or {}) for name in _MORE_CONFIG_ENV):
         return False
-    config = cfg.build_opencode_config_dict()
-    models = [str(cfg.model), *_named_models(config)]
+    own = cfg.build_opencode_config_dict()
+    config = _deep_merge({"provider": dict(user_providers)}, own) if user_providers else own
+    models = [str(cfg.model), *_named_models(own)]
     if not all(_declares(config, model) and _sdk_declared(config, model) for model in models):
         return False
     folder = Path(workspace).resolve()
@@ -229,19 +235,23 @@ def needs_no_catalog(cfg: RunConfig, workspace: str | os.PathLike[str]) -> bool:
 
 
 def one_shot_run_config(
-    cfg: RunConfig, *, isolated: bool = False, workspace: str | os.PathLike[str] | None = None
+    cfg: RunConfig,
+    *,
+    isolated: bool = False,
+    workspace: str | os.PathLike[str] | None = None,
+    user_providers: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """``cfg`` with the defaults of a one-shot run underneath (the caller's settings win).
 
     :data:`ONE_SHOT_ENV`; for an isolated run (its changes are taken with git, in its own
     worktree), no opencode snapshots: they are an undo history of that worktree, which nobody
     can use once the run ended (measured: ~0.5 CPU-s per directory). With ``workspace`` (one
-    ``opencode run`` in one directory, whose models are fixed when it starts): the empty models
-    catalog when :func:`needs_no_catalog` says nothing could use it (measured: a one-shot run
-    with one bash call x0.57 CPU, 6.6 -> 3.7 CPU-s, and 4.7 -> 2.7 s).
+    ``opencode run`` in one directory, whose models are fixed when it starts; ``user_providers``:
+    see :func:`needs_no_catalog`): the empty models catalog when nothing could use it
+    (measured: a one-shot run with one bash call x0.57 CPU, 6.6 -> 3.7 CPU-s, and 4.7 -> 2.7 s).
     """
     env = {**ONE_SHOT_ENV, **(cfg.extra_env or {})}
-    if workspace is not None and needs_no_catalog(cfg, workspace):
+    if workspace is not None and needs_no_catalog(cfg, workspace, user_providers):
         env[MODELS_PATH_ENV] = str(empty_models_catalog())
     changes: dict[str, Any] = {"extra_env": env}
     if isolated:

@@ -15,10 +15,11 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from opencode_wrapper._jsonc import loads_jsonc
 from opencode_wrapper._lean import seed_plugin_dependencies
-from opencode_wrapper.config import RunConfig, sanitize_user_config_json
+from opencode_wrapper.config import RunConfig, _deep_merge, sanitize_user_config_json
 from opencode_wrapper.errors import OpenCodeConfigError
 
 _LOG = logging.getLogger("opencode_wrapper")
@@ -150,20 +151,42 @@ def _link_credentials(real_data_home: Path, data_home: Path) -> None:
 
 def _isolate_user_config(env: dict[str, str], source_env: Mapping[str, str], root: Path) -> None:
     """Point opencode at sanitized copies of the user's global config (provider keys only)."""
-    home = Path(source_env.get("HOME", str(Path.home())))
-    xdg_config = source_env.get("XDG_CONFIG_HOME")
-    real_config_dir = (Path(xdg_config) if xdg_config else home / ".config") / "opencode"
+    real_config_dir, real_dot_opencode = _user_config_dirs(source_env)
     for private in (root / "xdg", root / "home"):
         private.mkdir(mode=0o700)  # mkdir(parents=True) below would create them with the umask's mode
     for folder in (root / "xdg", root / "home"):
         folder.mkdir(mode=0o700, exist_ok=True)
     _sanitize_and_copy(real_config_dir, root / "xdg" / "opencode")
-    _sanitize_and_copy(home / ".opencode", root / "home" / ".opencode")
+    _sanitize_and_copy(real_dot_opencode, root / "home" / ".opencode")
     # The private config dir holds no plugins, so opencode's install of its plugin SDK there
     # (an npm download on every start of every process) buys nothing; see the function.
     seed_plugin_dependencies(root / "xdg" / "opencode")
     env["XDG_CONFIG_HOME"] = str(root / "xdg")
     env["OPENCODE_TEST_HOME"] = str(root / "home")
+
+
+def _user_config_dirs(source_env: Mapping[str, str]) -> tuple[Path, Path]:
+    home = Path(source_env.get("HOME", str(Path.home())))
+    xdg_config = source_env.get("XDG_CONFIG_HOME")
+    return (Path(xdg_config) if xdg_config else home / ".config") / "opencode", home / ".opencode"
+
+
+def user_providers(base: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``provider`` section of the user's global opencode config (what an isolated run keeps).
+
+    Files that cannot be read or parsed count as empty, as :func:`prepare_environment` skips them.
+    """
+    merged: dict[str, Any] = {}
+    for folder in _user_config_dirs(os.environ if base is None else base):
+        for name in _GLOBAL_CONFIG_FILENAMES:
+            try:
+                raw = loads_jsonc((folder / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            providers = raw.get("provider") if isinstance(raw, dict) else None
+            if isinstance(providers, dict):
+                merged = _deep_merge(merged, providers)
+    return merged
 
 
 def _sanitize_and_copy(src_dir: Path, dst_dir: Path) -> None:
