@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from opencode_wrapper import AsyncOpenCodeClient, RunConfig
+from opencode_wrapper import AsyncOpenCodeClient, RunConfig, run_many
 from opencode_wrapper._lean import (
     MODELS_PATH_ENV,
     empty_models_catalog,
     needs_no_catalog,
     one_shot_run_config,
 )
-from opencode_wrapper._proc.environment import user_providers
+from opencode_wrapper._proc.environment import catalog_unused, user_providers
+from opencode_wrapper.backends.pool import ServerPool
+from opencode_wrapper.backends.request import RunRequest
 from opencode_wrapper.testing import MODEL, OfflineModelServer, provider_config
 
 DECLARED = {"provider": {"mine": {"npm": "@ai-sdk/openai-compatible", "models": {"m1": {}, "m2": {}}}}}
@@ -22,12 +25,13 @@ DECLARED = {"provider": {"mine": {"npm": "@ai-sdk/openai-compatible", "models": 
 
 def _cfg(**fields: object) -> RunConfig:
     fields.setdefault("config_overrides", DECLARED)
-    return RunConfig(model="mine/m1", **fields)  # type: ignore[arg-type]
+    fields.setdefault("model", "mine/m1")
+    return RunConfig(**fields)  # type: ignore[arg-type]
 
 
 def test_a_declared_model_in_a_plain_folder_needs_no_catalog(tmp_path: Path) -> None:
     assert needs_no_catalog(_cfg(), tmp_path)
-    env = one_shot_run_config(_cfg(), workspace=tmp_path).extra_env or {}
+    env = one_shot_run_config(_cfg(), empty_catalog=catalog_unused(_cfg(), tmp_path)).extra_env or {}
     assert env[MODELS_PATH_ENV] == str(empty_models_catalog())
     assert empty_models_catalog().read_text(encoding="utf-8").strip() == "{}"
 
@@ -61,7 +65,7 @@ def test_a_declared_model_in_a_plain_folder_needs_no_catalog(tmp_path: Path) -> 
 )
 def test_anything_that_could_use_the_catalog_keeps_it(cfg: RunConfig, tmp_path: Path) -> None:
     assert not needs_no_catalog(cfg, tmp_path)
-    env = one_shot_run_config(cfg, workspace=tmp_path).extra_env or {}
+    env = one_shot_run_config(cfg, empty_catalog=catalog_unused(cfg, tmp_path)).extra_env or {}
     assert env.get(MODELS_PATH_ENV) == (cfg.extra_env or {}).get(MODELS_PATH_ENV)
 
 
@@ -84,7 +88,7 @@ def test_a_project_config_in_the_folder_or_above_keeps_the_catalog(tmp_path: Pat
 def test_your_own_catalog_file_wins(tmp_path: Path) -> None:
     mine = str(tmp_path / "models.json")
     cfg = _cfg(extra_env={MODELS_PATH_ENV: mine})
-    assert (one_shot_run_config(cfg, workspace=tmp_path).extra_env or {})[MODELS_PATH_ENV] == mine
+    assert (one_shot_run_config(cfg, empty_catalog=True).extra_env or {})[MODELS_PATH_ENV] == mine
 
 
 def test_providers_of_your_global_config_count_as_declared(tmp_path: Path) -> None:
@@ -104,9 +108,20 @@ def test_providers_of_your_global_config_count_as_declared(tmp_path: Path) -> No
     assert not needs_no_catalog(RunConfig(model="mine/m3"), tmp_path / "xdg", found)  # not declared
 
 
-def test_servers_keep_the_catalog(tmp_path: Path) -> None:
-    # A server's sessions may name any model per turn: only a run whose workspace is known skips it.
-    assert MODELS_PATH_ENV not in (one_shot_run_config(_cfg()).extra_env or {})
+def test_a_pool_gives_runs_that_could_use_the_catalog_a_server_of_their_own(tmp_path: Path) -> None:
+    plain, project = tmp_path / "plain", tmp_path / "project"
+    plain.mkdir()
+    project.mkdir()
+    (project / "opencode.json").write_text("{}", encoding="utf-8")
+    pool = ServerPool()
+    free = RunRequest.create("hi", plain, run_cfg=_cfg())
+    catalog_model = RunRequest.create("hi", plain, run_cfg=_cfg(model="anthropic/claude-sonnet-4-5"))
+    in_project = RunRequest.create("hi", project, run_cfg=_cfg())
+    assert len({pool._key(free), pool._key(catalog_model), pool._key(in_project)}) == 2
+    assert pool._key(catalog_model) == pool._key(in_project)  # the same config, both with the catalog
+    empty = pool.server_config(free.config, empty_catalog=True).extra_env or {}
+    full = pool.server_config(in_project.config).extra_env or {}
+    assert empty[MODELS_PATH_ENV] == str(empty_models_catalog()) and MODELS_PATH_ENV not in full
 
 
 # --- end to end: what the real opencode run was given, seen from its bash tool -------------------------
@@ -144,3 +159,18 @@ async def test_a_model_declared_in_your_global_config_skips_the_catalog_too(
         )
     assert result.ok, result.error
     assert (result.tool_calls[0].output or "").strip() == f"catalog={empty_models_catalog()}"
+
+
+@pytest.mark.e2e
+async def test_run_many_on_a_pool_skips_the_catalog_only_where_nothing_could_use_it(
+    opencode_binary: str, make_workspace: Any
+) -> None:
+    plain, project = make_workspace("plain"), make_workspace("project")
+    (project / "opencode.json").write_text("{}\n", encoding="utf-8")
+    with OfflineModelServer() as model:
+        cfg = model.run_config(permission={"bash": "allow"})
+        async with ServerPool(binary=opencode_binary) as pool:
+            outcomes = await run_many([(ECHO, plain), (ECHO, project)], run_cfg=cfg, pool=pool)
+            assert len(pool.servers) == 2  # one without the catalog, one with it
+    seen = [(o.result.tool_calls[0].output or "").strip() if o.result else o.error for o in outcomes]
+    assert seen == [f"catalog={empty_models_catalog()}", "catalog=full"]

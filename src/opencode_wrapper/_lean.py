@@ -234,24 +234,18 @@ def needs_no_catalog(
     )
 
 
-def one_shot_run_config(
-    cfg: RunConfig,
-    *,
-    isolated: bool = False,
-    workspace: str | os.PathLike[str] | None = None,
-    user_providers: Mapping[str, Any] | None = None,
-) -> RunConfig:
+def one_shot_run_config(cfg: RunConfig, *, isolated: bool = False, empty_catalog: bool = False) -> RunConfig:
     """``cfg`` with the defaults of a one-shot run underneath (the caller's settings win).
 
     :data:`ONE_SHOT_ENV`; for an isolated run (its changes are taken with git, in its own
     worktree), no opencode snapshots: they are an undo history of that worktree, which nobody
-    can use once the run ended (measured: ~0.5 CPU-s per directory). With ``workspace`` (one
-    ``opencode run`` in one directory, whose models are fixed when it starts; ``user_providers``:
-    see :func:`needs_no_catalog`): the empty models catalog when nothing could use it
-    (measured: a one-shot run with one bash call x0.57 CPU, 6.6 -> 3.7 CPU-s, and 4.7 -> 2.7 s).
+    can use once the run ended (measured: ~0.5 CPU-s per directory); with ``empty_catalog``
+    (the caller found that nothing could use it: :func:`needs_no_catalog`), the empty models
+    catalog (measured: a one-shot run with one bash call x0.57 CPU, 6.6 -> 3.7 CPU-s, and
+    4.7 -> 2.7 s).
     """
     env = {**ONE_SHOT_ENV, **(cfg.extra_env or {})}
-    if workspace is not None and needs_no_catalog(cfg, workspace, user_providers):
+    if empty_catalog and MODELS_PATH_ENV not in env:
         env[MODELS_PATH_ENV] = str(empty_models_catalog())
     changes: dict[str, Any] = {"extra_env": env}
     if isolated:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from opencode_wrapper._jsonc import loads_jsonc
-from opencode_wrapper._lean import seed_plugin_dependencies
+from opencode_wrapper._lean import needs_no_catalog, seed_plugin_dependencies
 from opencode_wrapper.config import RunConfig, _deep_merge, sanitize_user_config_json
 from opencode_wrapper.errors import OpenCodeConfigError
 
@@ -187,6 +187,14 @@ def user_providers(base: Mapping[str, str] | None = None) -> dict[str, Any]:
             if isinstance(providers, dict):
                 merged = _deep_merge(merged, providers)
     return merged
+
+
+def catalog_unused(run_cfg: RunConfig, workspace: str | os.PathLike[str]) -> bool:
+    """Whether an ``opencode`` started for ``run_cfg``'s one-shot runs in ``workspace`` needs no
+    models catalog (:func:`~opencode_wrapper._lean.needs_no_catalog`, with the providers of the
+    user's global config that such a run keeps)."""
+    providers = None if run_cfg.inherit_user_config else user_providers()
+    return needs_no_catalog(run_cfg, workspace, providers)
 
 
 def _sanitize_and_copy(src_dir: Path, dst_dir: Path) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from opencode_wrapper._lean import lean_run_config, one_shot_run_config
 from opencode_wrapper._model.outcome import RunResult
+from opencode_wrapper._proc.environment import catalog_unused
 from opencode_wrapper._server.base import ServerBase
 from opencode_wrapper.backends.base import Backend, run_request
 from opencode_wrapper.backends.handle import RunHandle
@@ -196,14 +197,27 @@ class ServerPool(Backend):
 
     # ------------------------------------------------------------------ internals
 
-    def server_config(self, cfg: RunConfig, *, isolated: bool = False) -> RunConfig:
+    def server_config(
+        self, cfg: RunConfig, *, isolated: bool = False, empty_catalog: bool = False
+    ) -> RunConfig:
         """The config a server for one-shot runs of ``cfg`` is started with (a pool serves only those:
         see ``one_shot_run_config`` for what that leaves out)."""
-        return one_shot_run_config(lean_run_config(cfg) if self.lean else cfg, isolated=isolated)
+        return one_shot_run_config(
+            lean_run_config(cfg) if self.lean else cfg, isolated=isolated, empty_catalog=empty_catalog
+        )
 
     @staticmethod
     def _key(request: RunRequest) -> str:
-        return json.dumps([request.config.server_key(), request.data_home, request.isolation != "none"])
+        # A server without the models catalog takes only runs that cannot use it (the model is
+        # not part of the server key, and a workspace's project config may name other models).
+        return json.dumps(
+            [
+                request.config.server_key(),
+                request.data_home,
+                request.isolation != "none",
+                catalog_unused(request.config, request.workspace),
+            ]
+        )
 
     async def _acquire_retrying(self, request: RunRequest) -> _Slot:
         """A slot for ``request``; a server that fails to start is retried ``max_retries`` times."""
@@ -260,7 +274,11 @@ class ServerPool(Backend):
     async def _start(self, request: RunRequest, key: str) -> _Slot:
         server = self.server_class(
             binary=self._binary,
-            run_cfg=self.server_config(request.config, isolated=request.isolation != "none"),
+            run_cfg=self.server_config(
+                request.config,
+                isolated=request.isolation != "none",
+                empty_catalog=json.loads(key)[3],  # the key's own decision (see _key)
+            ),
             isolate_db=self._isolate_db,
             data_home=request.data_home,
             idle_instances=_IDLE_INSTANCES,

@@ -20,7 +20,7 @@ from opencode_wrapper._model.fold import Fold, diagnose_run
 from opencode_wrapper._model.outcome import RunResult
 from opencode_wrapper._model.run_error import RunError
 from opencode_wrapper._proc.binary import check_version, resolve_binary
-from opencode_wrapper._proc.environment import check_data_home, prepare_environment, user_providers
+from opencode_wrapper._proc.environment import catalog_unused, check_data_home, prepare_environment
 from opencode_wrapper._proc.process import OwnedProcess, drain_text, iter_lines
 from opencode_wrapper._tool_lease import leased_tools
 from opencode_wrapper._wire.run import parse_event_line
@@ -224,8 +224,7 @@ class ProcessRun(RunHandle):
                 one_shot_run_config(
                     cfg,
                     isolated=request.isolation != "none",
-                    workspace=self.workspace,
-                    user_providers=None if cfg.inherit_user_config else user_providers(),
+                    empty_catalog=catalog_unused(cfg, self.workspace),
                 ),
                 cwd=self.workspace,
                 private_data=owner.isolate_db,
