@@ -1,4 +1,4 @@
-"""A one-shot ``opencode run`` skips the models catalog exactly when nothing could use it."""
+"""A pool's servers skip the models catalog exactly when nothing could use it; run mode keeps it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from opencode_wrapper import AsyncOpenCodeClient, RunConfig, run_many
+from opencode_wrapper import AsyncOpenCodeClient, RunConfig, RunResult, run_many
 from opencode_wrapper._lean import (
     MODELS_PATH_ENV,
     empty_models_catalog,
@@ -124,41 +124,14 @@ def test_a_pool_gives_runs_that_could_use_the_catalog_a_server_of_their_own(tmp_
     assert empty[MODELS_PATH_ENV] == str(empty_models_catalog()) and MODELS_PATH_ENV not in full
 
 
-# --- end to end: what the real opencode run was given, seen from its bash tool -------------------------
+# --- end to end: what the real opencode was given, seen from its bash tool ----------------------------
 
 ECHO = '[[bash: echo "catalog=${OPENCODE_MODELS_PATH:-full}"]]'
 
 
-@pytest.mark.e2e
-async def test_a_run_skips_the_catalog_unless_the_project_has_a_config(
-    opencode_binary: str, workspace: Path, tmp_path: Path
-) -> None:
-    with OfflineModelServer() as model:
-        cfg = model.run_config(permission={"bash": "allow"})
-        client = AsyncOpenCodeClient(opencode_binary)
-        plain = await client.async_run(ECHO, workspace, run_cfg=cfg, timeout_s=120)
-        (workspace / "opencode.json").write_text('{"$schema": "https://opencode.ai/config.json"}\n')
-        with_project = await client.async_run(ECHO, workspace, run_cfg=cfg, timeout_s=120)
-    assert plain.ok and with_project.ok, (plain.error, with_project.error)
-    assert (plain.tool_calls[0].output or "").strip() == f"catalog={empty_models_catalog()}"
-    assert (with_project.tool_calls[0].output or "").strip() == "catalog=full"
-
-
-@pytest.mark.e2e
-async def test_a_model_declared_in_your_global_config_skips_the_catalog_too(
-    opencode_binary: str, workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with OfflineModelServer() as model:
-        config_home = tmp_path / "user-config"
-        (config_home / "opencode").mkdir(parents=True)
-        (config_home / "opencode" / "opencode.json").write_text(json.dumps(provider_config(model.url)))
-        monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
-        cfg = RunConfig(model=MODEL, permission={"bash": "allow"})  # declares nothing itself
-        result = await AsyncOpenCodeClient(opencode_binary).async_run(
-            ECHO, workspace, run_cfg=cfg, timeout_s=120
-        )
-    assert result.ok, result.error
-    assert (result.tool_calls[0].output or "").strip() == f"catalog={empty_models_catalog()}"
+def _seen(result: RunResult | None) -> str:
+    assert result is not None and result.ok, result and result.error
+    return (result.tool_calls[0].output or "").strip()
 
 
 @pytest.mark.e2e
@@ -172,5 +145,29 @@ async def test_run_many_on_a_pool_skips_the_catalog_only_where_nothing_could_use
         async with ServerPool(binary=opencode_binary) as pool:
             outcomes = await run_many([(ECHO, plain), (ECHO, project)], run_cfg=cfg, pool=pool)
             assert len(pool.servers) == 2  # one without the catalog, one with it
-    seen = [(o.result.tool_calls[0].output or "").strip() if o.result else o.error for o in outcomes]
-    assert seen == [f"catalog={empty_models_catalog()}", "catalog=full"]
+    assert [_seen(o.result) for o in outcomes] == [f"catalog={empty_models_catalog()}", "catalog=full"]
+
+
+@pytest.mark.e2e
+async def test_a_model_declared_in_your_global_config_skips_the_catalog_too(
+    opencode_binary: str, workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OfflineModelServer() as model:
+        config_home = tmp_path / "user-config"
+        (config_home / "opencode").mkdir(parents=True)
+        (config_home / "opencode" / "opencode.json").write_text(json.dumps(provider_config(model.url)))
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
+        cfg = RunConfig(model=MODEL, permission={"bash": "allow"})  # declares nothing itself
+        async with AsyncOpenCodeClient(opencode_binary, warm_servers=True) as warm:
+            result = await warm.async_run(ECHO, workspace, run_cfg=cfg, timeout_s=120)
+    assert _seen(result) == f"catalog={empty_models_catalog()}"
+
+
+@pytest.mark.e2e
+async def test_run_mode_keeps_the_catalog(opencode_binary: str, workspace: Path) -> None:
+    # Without it opencode exits so soon after its last event that a multi-megabyte answer is cut in
+    # the stdout pipe (tests/reliability/test_big_data.py).
+    with OfflineModelServer() as model:
+        cfg = model.run_config(permission={"bash": "allow"})
+        result = await AsyncOpenCodeClient(opencode_binary).async_run(ECHO, workspace, run_cfg=cfg)
+    assert _seen(result) == "catalog=full"
