@@ -29,9 +29,9 @@ from opencode_wrapper._proc.reaper import TAGS_ENV, add_tag, kill_tagged
 _REAPER = str(Path(__file__).with_name("reaper.py"))
 _READ_CHUNK = 1 << 20
 # How much of the child's output asyncio reads ahead of us before it stops reading the pipe. A
-# paused pipe fills, and opencode's last writes wait in Bun until it exits and drops them: with
-# asyncio's default (64 KiB), a 5 MB answer was cut in 5 of 6 runs whose start-up was fast (no
-# models catalog); reading ahead, 0 of 12. It only holds what we have not consumed yet.
+# paused pipe fills, and opencode's last writes wait in Bun until it exits and drops them. In runs
+# that exit fast (no models catalog) a 5 MB answer was cut in 5 of 6 with asyncio's default
+# (64 KiB), in 3 of 12 reading ahead. It only holds what we have not consumed yet.
 _READ_AHEAD = 1 << 26
 # opencode (Bun) drops what it has not yet written to a full stdout pipe when it exits: with the
 # default 64 KiB pipe, a multi-megabyte final event line was cut short in about half of the runs
