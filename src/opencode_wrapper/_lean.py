@@ -83,6 +83,7 @@ PLUGIN_SDK_PACKAGE = "@opencode-ai/plugin"
 
 CatalogMode = Literal["auto", "empty", "trimmed", "full"]
 
+_EMPTY_CATALOG = Path(__file__).with_name("models-empty.json")
 _catalog_lock = threading.Lock()
 _catalog_dir: Path | None = None
 _catalog_files: dict[str, Path] = {}
@@ -105,7 +106,8 @@ def _private_catalog_file(name: str, content: dict[str, Any]) -> Path:
 
 
 def empty_models_catalog() -> Path:
-    """A file holding an empty models.dev catalog (``{}``), private to this process.
+    """A file holding an empty models.dev catalog (``{}``), shipped with the package (read-only,
+    so nothing is left behind when this process is killed).
 
     With ``OPENCODE_MODELS_PATH`` pointing here, opencode knows only the providers and models
     declared in its config. Measured: the biggest single per-directory cost: alone x0.41 CPU,
@@ -114,7 +116,7 @@ def empty_models_catalog() -> Path:
     You lose: every model not declared in your config (built-in providers such as ``anthropic``
     are unknown), so :func:`lean_run_config` uses it only when the model is declared.
     """
-    return _private_catalog_file("models-empty.json", {})
+    return _EMPTY_CATALOG
 
 
 def models_cache_file(env: dict[str, str] | None = None) -> Path:
