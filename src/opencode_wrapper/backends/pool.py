@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from opencode_wrapper._lean import lean_run_config, one_shot_run_config
 from opencode_wrapper._model.outcome import RunResult
@@ -69,10 +68,19 @@ def default_servers_per_config() -> int:
     return max(1, min((os.cpu_count() or 1) // 2, default_max_servers()))
 
 
+class _PoolKey(NamedTuple):
+    """What servers are shared by: runs with equal keys may run on the same server."""
+
+    server_key: str
+    data_home: str | None
+    isolated: bool
+    without_catalog: bool
+
+
 @dataclass
 class _Slot:
     server: ServerBase
-    key: str
+    key: _PoolKey
     load: int = 0
 
 
@@ -133,7 +141,7 @@ class ServerPool(Backend):
         self._startup = asyncio.Semaphore(startup_concurrency) if startup_concurrency else None
         self._startup_delay_s = float(startup_delay_s)
         self._slots: list[_Slot] = []
-        self._starting: dict[str, asyncio.Task[_Slot]] = {}
+        self._starting: dict[_PoolKey, asyncio.Task[_Slot]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
         self._closed = False
@@ -207,16 +215,14 @@ class ServerPool(Backend):
         )
 
     @staticmethod
-    def _key(request: RunRequest) -> str:
+    def _key(request: RunRequest) -> _PoolKey:
         # A server without the models catalog takes only runs that cannot use it (the model is
         # not part of the server key, and a workspace's project config may name other models).
-        return json.dumps(
-            [
-                request.config.server_key(),
-                request.data_home,
-                request.isolation != "none",
-                catalog_unused(request.config, request.workspace),
-            ]
+        return _PoolKey(
+            request.config.server_key(),
+            request.data_home,
+            request.isolation != "none",
+            catalog_unused(request.config, request.workspace),
         )
 
     async def _acquire_retrying(self, request: RunRequest) -> _Slot:
@@ -271,13 +277,11 @@ class ServerPool(Backend):
         finally:
             await self._changed.acquire()
 
-    async def _start(self, request: RunRequest, key: str) -> _Slot:
+    async def _start(self, request: RunRequest, key: _PoolKey) -> _Slot:
         server = self.server_class(
             binary=self._binary,
             run_cfg=self.server_config(
-                request.config,
-                isolated=request.isolation != "none",
-                empty_catalog=json.loads(key)[3],  # the key's own decision (see _key)
+                request.config, isolated=key.isolated, empty_catalog=key.without_catalog
             ),
             isolate_db=self._isolate_db,
             data_home=request.data_home,
