@@ -205,8 +205,10 @@ def kill_tagged(tag: str, timeout_s: float = 5.0, exclude: tuple[int, ...] = ())
         for pid in pids:
             _signal_if_tagged(pid, tag)
         killed.extend(p for p in pids if p not in killed)
-        # Not our children (orphans of init): wait for them to be gone, with a deadline.
-        while tagged_pids(tag, exclude) and time.monotonic() < deadline:
+        # Not our children (orphans of init): wait for these to be gone, with a deadline, then
+        # scan again for what they forked meanwhile (waiting for those too would wait them out).
+        signalled = set(pids)
+        while signalled.intersection(tagged_pids(tag, exclude)) and time.monotonic() < deadline:
             time.sleep(0.005)
 
 
